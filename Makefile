@@ -1,0 +1,15 @@
+# `make demo` and `make test` set everything up on a fresh machine first (idempotently).
+export DAGSTER_HOME := $(CURDIR)
+
+.PHONY: setup demo test dev
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/tao-dagster demo
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+dev: setup
+	.venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1

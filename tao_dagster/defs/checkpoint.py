@@ -1,0 +1,114 @@
+"""tuned_checkpoint: DPO with LoRA on best-versus-worst pairs, merged, tracked and registered in MLflow."""
+
+import json
+
+import dagster as dg
+import polars as pl
+
+from tao_dagster.defs.resources import DomainResource, MlflowResource, PolicyResource, WarehouseResource, tao_home
+from tao_dagster.defs.scores import candidate_rewards, reward_scores
+from tao_dagster.rewards import build_scorers
+from tao_dagster.training import TrainSettings, build_pairs, checkpoint_id, train_dpo
+
+
+class TuneConfig(dg.Config, TrainSettings):
+    """DPO settings, editable in the launchpad (see TrainSettings for each field's meaning)."""
+
+
+@dg.asset(
+    deps=[dg.AssetDep(reward_scores, partition_mapping=dg.AllPartitionMapping())],
+    group_name="tao",
+    kinds={"pytorch", "mlflow"},
+    description="The policy tuned with TRL DPO + LoRA on each training prompt's best-versus-worst candidates, "
+    "with the plain prompt (no exploration scaffolding). LoRA merged, saved as a standalone model, logged and "
+    "registered in MLflow. Same parent, settings and pairs give the same checkpoint, which is reused.",
+)
+def tuned_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: TuneConfig,
+    domain: DomainResource,
+    policy: PolicyResource,
+    warehouse: WarehouseResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    spec = domain.load()
+    db = warehouse.get()
+    settings = TrainSettings(**config.model_dump())
+    rewards = candidate_rewards(db, build_scorers(spec.scorers))
+    pairs = build_pairs(rewards, settings)
+    if pairs.height == 0:
+        raise ValueError(
+            f"no training pairs among {rewards['prompt_id'].n_unique()} scored prompts: lower min_chosen_reward "
+            f"({settings.min_chosen_reward}) or min_margin ({settings.min_margin}), or add prompts"
+        )
+    parent = policy.base_path()
+    ckpt, data_hash = checkpoint_id(policy.base_version(), settings, pairs)
+    out_dir = tao_home() / "checkpoints" / ckpt
+    known = db.query("select * from checkpoints where checkpoint_id = ?", [ckpt])
+    if known.height and (out_dir / "config.json").is_file():
+        context.log.info(f"checkpoint {ckpt} already trained on exactly these pairs: reusing it")
+        row = known.row(0, named=True)
+        metrics = json.loads(row["metrics"])
+        run_id, model_version = row["mlflow_run_id"], row["model_version"]
+    else:
+        messages = {pid: json.loads(m) for pid, m in rewards.select("prompt_id", "messages").unique("prompt_id").iter_rows()}
+        records = [
+            {
+                "prompt": spec.messages(messages[pid]),  # the plain prompt, as served
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+            }
+            for pid, chosen, rejected in pairs.select("prompt_id", "chosen", "rejected").iter_rows()
+        ]
+        context.log.info(f"training {ckpt} on {len(records)} pairs from {parent}")
+        with mlflow.start_run(run_name=f"dpo-{ckpt}") as run:
+            import mlflow as mlf
+
+            mlf.log_params({**settings.model_dump(), "parent": policy.base_version(), "algorithm": "dpo-lora", "data_hash": data_hash, "pairs": pairs.height, "domain": spec.name})
+            metrics = train_dpo(parent, records, settings, out_dir, tao_home() / "work" / ckpt)
+            for step, loss in enumerate(metrics["loss_curve"], start=1):
+                mlf.log_metric("train_loss", loss, step=step)
+            mlf.log_metrics({k: v for k, v in metrics.items() if k != "loss_curve"})
+            mlf.log_dict(pairs.head(50).to_dicts(), "pairs_sample.json")
+            mlf.log_artifacts(str(out_dir), artifact_path="model")
+            client = mlf.MlflowClient()
+            if not client.search_registered_models(filter_string=f"name = '{mlflow.registered_model}'"):
+                client.create_registered_model(mlflow.registered_model)
+            version = client.create_model_version(mlflow.registered_model, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+            run_id, model_version = run.info.run_id, version.version
+        with db.transaction() as con:
+            db.insert(
+                con,
+                "checkpoints",
+                pl.DataFrame(
+                    [
+                        {
+                            "checkpoint_id": ckpt,
+                            "parent": policy.base_version(),
+                            "algorithm": "dpo-lora",
+                            "config": settings.model_dump_json(),
+                            "data_hash": data_hash,
+                            "path": str(out_dir),
+                            "mlflow_run_id": run_id,
+                            "model_version": str(model_version),
+                            "metrics": json.dumps(metrics),
+                        }
+                    ]
+                ),
+            )
+    return dg.MaterializeResult(
+        metadata={
+            "checkpoint_id": ckpt,
+            "path": dg.MetadataValue.path(str(out_dir)),
+            "pairs": pairs.height,
+            "mean_chosen_reward": float(pairs["chosen_reward"].mean()),
+            "mean_rejected_reward": float(pairs["rejected_reward"].mean()),
+            "train_loss": metrics["train_loss"],
+            "final_reward_accuracy": metrics["final_reward_accuracy"],
+            "steps": metrics["steps"],
+            "train_seconds": round(metrics["train_seconds"], 1),
+            "mlflow_run_id": run_id,
+            "registered_model_version": f"{mlflow.registered_model} v{model_version}",
+        }
+    )
+

@@ -1,0 +1,24 @@
+"""One dynamic partition per production log file."""
+
+import re
+from pathlib import Path
+
+import dagster as dg
+
+log_files = dg.DynamicPartitionsDefinition(name="log_files")
+
+LOG_SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+def partition_key(path: Path) -> str:
+    """A log file's partition key: its name with anything but letters, digits, dot, dash and
+    underscore replaced, since keys appear in URLs, CLI ranges and SQL."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", path.name)
+
+
+def log_files_in(log_dir: str | Path) -> dict[str, Path]:
+    """Partition key -> file, for every log file in the folder."""
+    folder = Path(log_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"log_dir {folder} is not a readable folder: set TAO_LOG_DIR or the domain resource's log_dir")
+    return {partition_key(p): p for p in sorted(folder.iterdir()) if p.suffix.lower() in LOG_SUFFIXES and p.is_file()}

@@ -1,0 +1,72 @@
+"""raw_prompts: production log files -> deduplicated prompts, a held-out slice and a quarantine."""
+
+import json
+
+import dagster as dg
+import polars as pl
+
+from tao_dagster.defs.partitions import log_files, log_files_in
+from tao_dagster.defs.resources import DomainResource, WarehouseResource
+from tao_dagster.evaluation import markdown_table
+from tao_dagster.ingest import is_heldout, normalise_text, parse_log_file, prompt_id
+
+
+@dg.asset(
+    partitions_def=log_files,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name="tao",
+    kinds={"duckdb", "polars"},
+    description="Prompts parsed from one production log file: deduplicated by a hash of the normalised "
+    "messages, a deterministic held-out slice set aside for evaluation only, bad rows quarantined with reason.",
+)
+def raw_prompts(context: dg.AssetExecutionContext, domain: DomainResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    files = log_files_in(domain.log_dir)
+    db = warehouse.get()
+    per_partition = []
+    for key in context.partition_keys:
+        if key not in files:
+            raise FileNotFoundError(f"partition {key!r}: no log file with that name in {domain.log_dir}")
+        parsed = parse_log_file(files[key], domain.text_column, domain.max_prompt_chars)
+        for bad in parsed.bad:
+            context.log.warning(f"{parsed.path}:{bad.line}: quarantined: {bad.reason}")
+        seen = set(db.query("select prompt_id from prompts where first_partition <> ?", [key])["prompt_id"])
+        prompts, sources = {}, []
+        for row in parsed.rows:
+            pid = prompt_id(row.messages)
+            duplicate = pid in seen or pid in prompts
+            if not duplicate:
+                prompts[pid] = {
+                    "prompt_id": pid,
+                    "messages": json.dumps(row.messages, ensure_ascii=False),
+                    "text": normalise_text(row.messages[-1]["content"]),
+                    "heldout": is_heldout(pid, domain.heldout_fraction),
+                    "first_partition": key,
+                }
+            sources.append({"partition": key, "source_file": str(parsed.path), "line": row.line, "prompt_id": pid, "duplicate": duplicate})
+        quarantine = [{"partition": key, "source_file": str(parsed.path), "line": b.line, "reason": b.reason, "raw": b.raw} for b in parsed.bad]
+        with db.transaction() as con:
+            con.execute("delete from prompt_sources where partition = ?", [key])
+            con.execute("delete from quarantine where partition = ?", [key])
+            db.insert(con, "prompts", pl.DataFrame(list(prompts.values()), schema_overrides={"heldout": pl.Boolean}), "ignore")
+            db.insert(con, "prompt_sources", pl.DataFrame(sources))
+            db.insert(con, "quarantine", pl.DataFrame(quarantine, schema={"partition": pl.String, "source_file": pl.String, "line": pl.Int64, "reason": pl.String, "raw": pl.String}))
+        counts = {
+            "partition": key,
+            "rows_read": parsed.rows_read,
+            "accepted": len(prompts),
+            "duplicates": len(sources) - len(prompts),
+            "quarantined": len(parsed.bad),
+            "heldout": sum(p["heldout"] for p in prompts.values()),
+        }
+        assert counts["rows_read"] == counts["accepted"] + counts["duplicates"] + counts["quarantined"]
+        per_partition.append(counts)
+        context.log.info(f"raw_prompts {key}: {counts}")
+
+    totals = {k: sum(c[k] for c in per_partition) for k in ("rows_read", "accepted", "duplicates", "quarantined", "heldout")}
+    return dg.MaterializeResult(
+        metadata={
+            **{k: dg.MetadataValue.int(v) for k, v in totals.items()},
+            "dagster/row_count": dg.MetadataValue.int(totals["accepted"]),
+            "per_partition": dg.MetadataValue.md(markdown_table(per_partition)),
+        }
+    )

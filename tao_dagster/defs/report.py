@@ -1,0 +1,155 @@
+"""eval_report: base and tuned models answer the held-out prompts; did label-free tuning help?"""
+
+import base64
+import json
+
+import dagster as dg
+import polars as pl
+
+from tao_dagster.defs.checkpoint import tuned_checkpoint
+from tao_dagster.defs.prompts import raw_prompts
+from tao_dagster.defs.resources import DomainResource, MlflowResource, PolicyResource, WarehouseResource, tao_home
+from tao_dagster.defs.scores import candidate_rewards
+from tao_dagster.domain import Domain
+from tao_dagster.evaluation import answer_distribution, compare, load_labels, outside_check, plot_report, write_report
+from tao_dagster.generation import open_engine
+from tao_dagster.rewards import Scored, build_scorers, combine, extract_field, score_frame
+from tao_dagster.warehouse import Warehouse
+
+
+class EvalConfig(dg.Config):
+    max_prompts: int = 0  # 0: every held-out prompt
+
+
+def answer(db: Warehouse, domain: Domain, policy: PolicyResource, model_path: str, checkpoint: str, model: str, prompts: pl.DataFrame) -> pl.DataFrame:
+    """Greedy answers to the plain prompts, generated once per (checkpoint, prompt) and stored."""
+    have = db.query("select prompt_id from eval_answers where checkpoint_id = ? and model = ?", [checkpoint, model])["prompt_id"].to_list()
+    todo = prompts.filter(~pl.col("prompt_id").is_in(have))
+    if todo.height:
+        requests = [domain.plain_request(json.loads(m)) for m in todo["messages"]]
+        with open_engine(model_path, policy.engine_settings()) as engine:
+            outputs = engine.generate(requests)
+        db.upsert(
+            "eval_answers",
+            pl.DataFrame(
+                {
+                    "checkpoint_id": checkpoint,
+                    "prompt_id": todo["prompt_id"],
+                    "model": model,
+                    "response": [o.text for o in outputs],
+                    "completion_tokens": [o.completion_tokens for o in outputs],
+                }
+            ),
+        )
+    return db.query(
+        "select prompt_id, response, completion_tokens from eval_answers where checkpoint_id = ? and model = ?", [checkpoint, model]
+    ).join(prompts.select("prompt_id", "text"), on="prompt_id").sort("prompt_id")
+
+
+@dg.asset(
+    deps=[tuned_checkpoint, dg.AssetDep(raw_prompts, partition_mapping=dg.AllPartitionMapping())],
+    group_name="tao",
+    kinds={"mlflow", "duckdb"},
+    check_specs=[
+        dg.AssetCheckSpec("tuned_beats_base", asset="eval_report", description="Held-out mean reward: the 95% CI of tuned - base lies above 0."),
+        dg.AssetCheckSpec("outside_check_beats_majority", asset="eval_report", description="Tuned accuracy against held-out labels beats always answering the commonest label."),
+        dg.AssetCheckSpec("serving_cost_not_higher", asset="eval_report", description="The tuned model's answers are no longer on average than the base model's."),
+    ],
+    description="Held-out prompts (never trained on) answered greedily with the plain prompt by the base and the tuned "
+    "model, scored by the pointwise scorers: mean rewards, the difference with a 95% bootstrap CI, win rate, output "
+    "tokens, the categorical answer distribution and, where the domain has labels, the outside check.",
+)
+def eval_report(
+    context: dg.AssetExecutionContext,
+    config: EvalConfig,
+    domain: DomainResource,
+    policy: PolicyResource,
+    warehouse: WarehouseResource,
+    mlflow: MlflowResource,
+):
+    spec = domain.load()
+    db = warehouse.get()
+    latest = context.instance.get_latest_materialization_event(tuned_checkpoint.key)
+    if latest is None:
+        raise ValueError("tuned_checkpoint has never been materialized")
+    ckpt = latest.asset_materialization.metadata["checkpoint_id"].value
+    checkpoint = db.query("select * from checkpoints where checkpoint_id = ?", [ckpt]).row(0, named=True)
+
+    prompts = db.query("select prompt_id, messages, text from prompts where heldout order by prompt_id")
+    if config.max_prompts:
+        prompts = prompts.head(config.max_prompts)
+    if prompts.height == 0:
+        raise ValueError("no held-out prompts: ingest more log files or raise the domain resource's heldout_fraction")
+    base = answer(db, spec, policy, policy.base_path(), policy.base_version(), "base", prompts)
+    tuned = answer(db, spec, policy, checkpoint["path"], ckpt, "tuned", prompts)
+
+    scorers = [s for s in build_scorers(spec.scorers) if not s.group]  # one answer per prompt: no group to agree with
+    rewards = {}
+    for model, frame in (("base", base), ("tuned", tuned)):
+        items = [Scored(pid, text, response) for pid, text, response in frame.select("prompt_id", "text", "response").iter_rows()]
+        ids = frame["prompt_id"].to_list()
+        rewards[model] = combine(score_frame(items, ids, scorers), scorers).sort("candidate_id")["reward"].to_numpy()
+    report = {"checkpoint_id": ckpt, **compare(rewards["base"], rewards["tuned"])}
+    report["base_mean_tokens"] = float(base["completion_tokens"].mean())
+    report["tuned_mean_tokens"] = float(tuned["completion_tokens"].mean())
+    report["eval_scorers"] = [s.name for s in scorers]
+
+    field = spec.evaluation.get("answer_field")
+    answers = {m: [extract_field(r, field) for r in f["response"]] for m, f in (("base", base), ("tuned", tuned))} if field else {}
+    report["answer_distribution"] = {m: answer_distribution(a) for m, a in answers.items()}
+    if field and spec.evaluation.get("labels"):
+        ev = spec.evaluation
+        label_map = json.loads(spec.resolve(ev["label_map"]).read_text()) if ev.get("label_map") else None
+        labels = load_labels(spec.resolve(ev["labels"]), ev.get("text_column", "text"), ev.get("label_column", "label"), label_map)
+        report["outside_check"] = outside_check(base["text"].to_list(), answers, labels)
+
+    strategy_rows = (
+        candidate_rewards(db, build_scorers(spec.scorers))
+        .group_by("strategy", "sampling")
+        .agg(
+            pl.len().alias("candidates"),
+            pl.col("reward").mean().alias("mean_reward"),
+            pl.col("completion_tokens").mean().alias("mean_tokens"),
+        )
+        .sort("mean_reward", descending=True)
+        .to_dicts()
+    )
+    report["candidates_per_strategy"] = strategy_rows
+    out_dir = tao_home() / "reports" / ckpt
+    json_path, md_path, markdown = write_report(report, strategy_rows, out_dir)
+    plot = plot_report(rewards["base"], rewards["tuned"], report["answer_distribution"], out_dir / "report.png")
+
+    with mlflow.start_run(run_id=checkpoint["mlflow_run_id"]):
+        import mlflow as mlf
+
+        mlf.log_metrics({f"eval_{k}": v for k, v in report.items() if isinstance(v, (int, float))})
+        for k, v in report.get("outside_check", {}).items():
+            if isinstance(v, (int, float)):
+                mlf.log_metric(f"eval_outside_{k}", v)
+        for path in (json_path, md_path, plot):
+            mlf.log_artifact(str(path), artifact_path="eval")
+
+    check = report.get("outside_check", {})
+    image = base64.b64encode(plot.read_bytes()).decode()
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.md(markdown + f"\n![rewards and answers](data:image/png;base64,{image})\n"),
+            "report_json": dg.MetadataValue.path(str(json_path)),
+            "report_md": dg.MetadataValue.path(str(md_path)),
+            "plot": dg.MetadataValue.path(str(plot)),
+            **{k: v for k, v in report.items() if isinstance(v, (int, float))},
+        },
+        check_results=[
+            dg.AssetCheckResult(check_name="tuned_beats_base", passed=bool(report["diff_ci_low"] > 0), metadata={"diff": report["diff"], "diff_ci_low": report["diff_ci_low"]}),
+            dg.AssetCheckResult(
+                check_name="outside_check_beats_majority",
+                passed=bool(check.get("tuned_accuracy_ci_low", float("nan")) > check.get("majority_baseline", float("inf"))),
+                metadata={k: float(check[k]) for k in ("tuned_accuracy", "tuned_accuracy_ci_low", "majority_baseline") if k in check},
+            ),
+            dg.AssetCheckResult(
+                check_name="serving_cost_not_higher",
+                passed=bool(report["tuned_mean_tokens"] <= report["base_mean_tokens"]),
+                metadata={"base_mean_tokens": report["base_mean_tokens"], "tuned_mean_tokens": report["tuned_mean_tokens"]},
+            ),
+        ],
+    )

@@ -1,0 +1,97 @@
+"""reward_scores: every candidate scored by the domain's label-free scorers, combined per prompt."""
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from tao_dagster.defs.candidates import candidate_responses
+from tao_dagster.defs.partitions import log_files
+from tao_dagster.defs.resources import DomainResource, WarehouseResource
+from tao_dagster.evaluation import markdown_table
+from tao_dagster.rewards import Scored, Scorer, build_scorers, combine, score_frame
+from tao_dagster.warehouse import Warehouse
+
+
+def candidate_rewards(db: Warehouse, scorers: list[Scorer], partitions: list[str] | None = None) -> pl.DataFrame:
+    """Candidates with their combined reward under the current scorer versions (all partitions if None)."""
+    current = pl.DataFrame({"scorer": [s.name for s in scorers], "scorer_version": [s.version for s in scorers]})
+    where = "" if partitions is None else "where c.partition in (select unnest(?))"
+    candidates = db.query(
+        f"""select c.candidate_id, c.prompt_id, c.partition, c.policy_version, c.strategy, c.sampling,
+                   c.response, c.completion_tokens, p.messages, p.text
+            from candidates c join prompts p using (prompt_id) {where}""",
+        [] if partitions is None else [partitions],
+    )
+    scores = db.query("select candidate_id, prompt_id, scorer, scorer_version, score from scores").join(current, on=["scorer", "scorer_version"])
+    return candidates.join(combine(scores, scorers), on=["candidate_id", "prompt_id"])
+
+
+def score_missing(db: Warehouse, scorers: list[Scorer], partitions: list[str]) -> dict[str, int]:
+    """Score what lacks a score from the current version of each scorer; group scorers redo whole prompts."""
+    candidates = db.query(
+        """select c.candidate_id, c.prompt_id, c.response, p.text
+           from candidates c join prompts p using (prompt_id) where c.partition in (select unnest(?))""",
+        [partitions],
+    )
+    done = db.query("select candidate_id, scorer, scorer_version from scores")
+    written = {}
+    for scorer in scorers:
+        have = set(done.filter((pl.col("scorer") == scorer.name) & (pl.col("scorer_version") == scorer.version))["candidate_id"])
+        todo = candidates.filter(~pl.col("candidate_id").is_in(list(have)))
+        if scorer.group and todo.height:
+            todo = candidates.filter(pl.col("prompt_id").is_in(todo["prompt_id"].unique().to_list()))
+        if todo.height:
+            items = [Scored(pid, text, response) for pid, text, response in todo.select("prompt_id", "text", "response").iter_rows()]
+            db.upsert("scores", score_frame(items, todo["candidate_id"].to_list(), [scorer]))
+        written[scorer.name] = todo.height
+    return written
+
+
+@dg.asset(
+    partitions_def=log_files,
+    deps=[candidate_responses],
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name="tao",
+    kinds={"duckdb", "polars"},
+    description="Label-free scores of every candidate (rules, embedding-based content fit, self-consistency), "
+    "combined with the domain's weights and normalised per prompt. Scorers are versioned: a changed scorer re-scores only itself.",
+)
+def reward_scores(context: dg.AssetExecutionContext, domain: DomainResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    scorers = build_scorers(domain.load().scorers)
+    db = warehouse.get()
+    keys = list(context.partition_keys)
+    written = score_missing(db, scorers, keys)
+    context.log.info(f"scores written per scorer: {written}")
+
+    rewards = candidate_rewards(db, scorers, keys)
+    scores = db.query(
+        "select s.scorer, s.score from scores s join candidates c using (candidate_id) where c.partition in (select unnest(?))", [keys]
+    )
+    per_scorer = (
+        scores.group_by("scorer")
+        .agg(
+            pl.col("score").mean().alias("mean"),
+            pl.col("score").std().alias("std"),
+            pl.col("score").quantile(0.1).alias("p10"),
+            pl.col("score").quantile(0.9).alias("p90"),
+        )
+        .sort("scorer")
+    )
+    per_prompt = rewards.group_by("prompt_id").agg(pl.col("reward").mean().alias("mean"), pl.col("reward").max().alias("best"))
+    per_strategy = (
+        rewards.group_by("strategy", "sampling")
+        .agg(pl.len().alias("candidates"), pl.col("reward").mean().alias("mean_reward"), (pl.col("reward_z") > 0).mean().alias("above_prompt_mean"))
+        .sort("mean_reward", descending=True)
+    )
+    length_corr = float(np.corrcoef(rewards["reward"], rewards["completion_tokens"])[0, 1]) if rewards.height > 2 else float("nan")
+    return dg.MaterializeResult(
+        metadata={
+            "candidates": rewards.height,
+            "scores_written": sum(written.values()),
+            "mean_reward": float(rewards["reward"].mean() or 0.0),
+            "mean_best_of_n": float(per_prompt["best"].mean() or 0.0),
+            "reward_length_correlation": length_corr,
+            "per_scorer": dg.MetadataValue.md(markdown_table(per_scorer.to_dicts())),
+            "per_strategy": dg.MetadataValue.md(markdown_table(per_strategy.to_dicts())),
+        }
+    )

@@ -1,0 +1,109 @@
+"""A domain: the task instruction, the exploration strategies and the scorers, read from one YAML file.
+
+The *plain* prompt is what production sends: the instruction plus the logged conversation. Strategies
+add scaffolding (step-by-step hints, a topic guide, worked examples) used only to explore; training
+pairs and evaluation always use the plain prompt, so the tuned model costs the same to serve.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float
+    top_p: float = 1.0
+    max_tokens: int = 64
+
+    def key(self) -> str:
+        return f"t={self.temperature:g},p={self.top_p:g},max={self.max_tokens}"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One completion to generate: a conversation, optionally with the start of the answer given."""
+
+    messages: list[dict]
+    sampling: Sampling
+    response_prefix: str = ""
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    template: str  # placeholders: {instruction} {prompt} and any name in Domain.snippets
+    sampling: Sampling
+    samples: int
+    # The start of the answer, given to the model (e.g. '{"topic": "'): a structured-output nudge for exploration.
+    response_prefix: str = ""
+
+    def settings_key(self) -> str:
+        """Sampling settings and prefix: part of a candidate's key."""
+        return self.sampling.key() + (f",prefix={self.response_prefix}" if self.response_prefix else "")
+
+
+@dataclass
+class Domain:
+    name: str
+    path: Path
+    instruction: str
+    plain_template: str
+    strategies: list[Strategy]
+    scorers: list[dict]
+    snippets: dict[str, str] = field(default_factory=dict)
+    eval_sampling: Sampling = Sampling(temperature=0.0)
+    evaluation: dict = field(default_factory=dict)
+
+    def messages(self, conversation: list[dict], template: str | None = None) -> list[dict]:
+        """Put the task instruction into the last user turn (small models follow it far better there)."""
+        template = template or self.plain_template
+        last = template.format(instruction=self.instruction.strip(), prompt=conversation[-1]["content"], **self.snippets)
+        return [*conversation[:-1], {"role": "user", "content": last}]
+
+    def strategy_request(self, conversation: list[dict], strategy: Strategy) -> Request:
+        return Request(self.messages(conversation, strategy.template), strategy.sampling, strategy.response_prefix)
+
+    def plain_request(self, conversation: list[dict]) -> Request:
+        """What production sends: the plain prompt, greedy."""
+        return Request(self.messages(conversation), self.eval_sampling)
+
+    def resolve(self, relative: str) -> Path:
+        return (self.path.parent / relative).resolve()
+
+
+def load_domain(path: str | Path) -> Domain:
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"domain file {path}: {err}") from err
+    try:
+        default_max = spec.get("max_tokens", 64)
+        strategies = [
+            Strategy(
+                name=s["name"],
+                template=s.get("template", spec["plain_template"]),
+                sampling=Sampling(s["temperature"], s.get("top_p", 1.0), s.get("max_tokens", default_max)),
+                samples=int(s.get("samples", 1)),
+                response_prefix=s.get("response_prefix", ""),
+            )
+            for s in spec["strategies"]
+        ]
+        domain = Domain(
+            name=spec["name"],
+            path=path.resolve(),
+            instruction=spec["instruction"],
+            plain_template=spec["plain_template"],
+            strategies=strategies,
+            scorers=spec["scorers"],
+            snippets=spec.get("snippets", {}),
+            eval_sampling=Sampling(0.0, 1.0, default_max),
+            evaluation=spec.get("evaluation", {}),
+        )
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"domain file {path}: missing or malformed setting {err}") from err
+    if len({(s.name, s.sampling, s.response_prefix) for s in strategies}) < len(strategies):
+        raise ValueError(f"domain file {path}: two strategies share a name and sampling settings")
+    return domain

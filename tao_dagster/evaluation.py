@@ -1,0 +1,155 @@
+"""Held-out comparison of base and tuned models: statistics, the outside check, plots and the report.
+
+Labels are read here and only here: they judge what label-free tuning did and never feed back.
+"""
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from tao_dagster.ingest import normalise_text
+
+
+def bootstrap_ci(values: np.ndarray, resamples: int = 10_000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (paired differences, or 0/1 hits)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def compare(base: np.ndarray, tuned: np.ndarray) -> dict:
+    """Paired comparison of per-prompt rewards."""
+    base, tuned = np.asarray(base, dtype=np.float64), np.asarray(tuned, dtype=np.float64)
+    diff = tuned - base
+    low, high = bootstrap_ci(diff)
+    decided = diff != 0
+    return {
+        "n": int(diff.size),
+        "base_mean_reward": float(base.mean()),
+        "tuned_mean_reward": float(tuned.mean()),
+        "diff": float(diff.mean()),
+        "diff_ci_low": low,
+        "diff_ci_high": high,
+        # Ties count half, so 0.5 means no difference.
+        "win_rate": float(((diff > 0).sum() + 0.5 * (~decided).sum()) / max(diff.size, 1)),
+    }
+
+
+def load_labels(path: Path, text_column: str, label_column: str, label_map: dict | None) -> dict[str, str]:
+    """Map normalised prompt text to its (optionally coarsened) label."""
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    labels = {}
+    for row in rows:
+        label = row[label_column]
+        labels[normalise_text(row[text_column])] = label_map.get(label, label) if label_map else label
+    return labels
+
+
+def outside_check(texts: list[str], answers: dict[str, list[str | None]], labels: dict[str, str]) -> dict:
+    """Accuracy of each model's categorical answer against held-out labels, next to always guessing
+    the commonest label. Prompts without a label are left out."""
+    keep = [k for k, t in enumerate(texts) if normalise_text(t) in labels]
+    truth = [labels[normalise_text(texts[k])] for k in keep]
+    if not truth:
+        return {"n_labelled": 0}
+    commonest, count = Counter(truth).most_common(1)[0]
+    result = {"n_labelled": len(truth), "majority_label": commonest, "majority_baseline": count / len(truth)}
+    for model, values in answers.items():
+        hits = np.array([values[k] == t for k, t in zip(keep, truth)], dtype=np.float64)
+        low, high = bootstrap_ci(hits)
+        result[f"{model}_accuracy"] = float(hits.mean())
+        result[f"{model}_accuracy_ci_low"] = low
+        result[f"{model}_accuracy_ci_high"] = high
+    return result
+
+
+def answer_distribution(values: list[str | None], top: int = 8) -> dict[str, float]:
+    counts = Counter("(none)" if v is None else v for v in values)
+    return {k: c / max(len(values), 1) for k, c in counts.most_common(top)}
+
+
+def plot_report(base: np.ndarray, tuned: np.ndarray, distributions: dict[str, dict[str, float]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    bins = np.linspace(0, 1, 21)
+    ax1.hist(base, bins=bins, alpha=0.6, label=f"base (mean {np.mean(base):.2f})")
+    ax1.hist(tuned, bins=bins, alpha=0.6, label=f"tuned (mean {np.mean(tuned):.2f})")
+    ax1.set_xlabel("reward on held-out prompts")
+    ax1.set_ylabel("prompts")
+    ax1.legend()
+    keys = sorted({k for d in distributions.values() for k in d})
+    x = np.arange(len(keys))
+    width = 0.8 / max(len(distributions), 1)
+    for i, (model, dist) in enumerate(distributions.items()):
+        ax2.bar(x + i * width, [dist.get(k, 0) for k in keys], width, label=model)
+    ax2.set_xticks(x + width * (len(distributions) - 1) / 2, keys, rotation=30, ha="right")
+    ax2.set_ylabel("share of answers")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def markdown_table(rows: list[dict]) -> str:
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0])
+
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(report: dict, strategy_rows: list[dict], out_dir: Path) -> tuple[Path, Path, str]:
+    """Write report.json and report.md; return their paths and the Markdown text."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    headline = [
+        {"metric": "mean reward", "base": report["base_mean_reward"], "tuned": report["tuned_mean_reward"]},
+        {"metric": "mean output tokens", "base": report["base_mean_tokens"], "tuned": report["tuned_mean_tokens"]},
+    ]
+    check = report.get("outside_check", {})
+    if check.get("n_labelled"):
+        headline.append({"metric": "outside check: accuracy", "base": check["base_accuracy"], "tuned": check["tuned_accuracy"]})
+    md = [
+        f"# TAO eval report: checkpoint {report['checkpoint_id']}",
+        "",
+        f"Held-out prompts: {report['n']} (never used for generation, rewards or training).",
+        "",
+        markdown_table(headline),
+        "",
+        f"Reward difference (tuned - base): **{report['diff']:+.3f}**, 95% bootstrap CI "
+        f"[{report['diff_ci_low']:+.3f}, {report['diff_ci_high']:+.3f}]; win rate {report['win_rate']:.2f} (ties count half).",
+    ]
+    if check.get("n_labelled"):
+        md += [
+            "",
+            f"Outside check on {check['n_labelled']} labelled prompts: tuned accuracy {check['tuned_accuracy']:.3f} "
+            f"(95% CI [{check['tuned_accuracy_ci_low']:.3f}, {check['tuned_accuracy_ci_high']:.3f}]), base "
+            f"{check['base_accuracy']:.3f}, always answering the commonest label ({check['majority_label']}) "
+            f"{check['majority_baseline']:.3f}.",
+        ]
+    for model in ("base", "tuned"):
+        dist = report["answer_distribution"][model]
+        md += ["", f"Answer distribution, {model}: " + ", ".join(f"{k} {v:.0%}" for k, v in dist.items())]
+    md += ["", "## Candidates per exploration strategy", "", markdown_table(strategy_rows)]
+    text = "\n".join(md) + "\n"
+    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
+    json_path.write_text(json.dumps(report, indent=2))
+    md_path.write_text(text)
+    return json_path, md_path, text

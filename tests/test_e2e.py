@@ -1,0 +1,102 @@
+"""The whole graph with the real embedded model (vLLM where installed), at tiny sizes."""
+
+import json
+import shutil
+
+import dagster as dg
+import psutil
+import pytest
+import yaml
+
+from tao_dagster.defs.resources import PROJECT_ROOT, DomainResource, MlflowResource, PolicyResource, WarehouseResource
+from tao_dagster.definitions import defs, prompt_assets, round_assets
+from tao_dagster.defs.partitions import log_files
+
+from .conftest import MODEL_CACHE
+
+pytestmark = pytest.mark.e2e
+DEMO = PROJECT_ROOT / "assets" / "banking"
+
+
+def engine_processes() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(p.cmdline()) or "EngineCore" in p.name()]
+
+
+@pytest.fixture
+def tiny_demo(tmp_path, monkeypatch):
+    """The banking domain with two strategies, short answers and two 12-prompt log files."""
+    spec = yaml.safe_load((DEMO / "domain.yaml").read_text())
+    spec["max_tokens"] = 32
+    spec["strategies"] = [s for s in spec["strategies"] if s["name"] in ("plain", "topic_guide")]
+    spec["evaluation"]["labels"] = str(DEMO / "eval" / "labels.csv")
+    spec["evaluation"]["label_map"] = str(DEMO / "eval" / "intent_topics.json")
+    (tmp_path / "domain.yaml").write_text(yaml.safe_dump(spec))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    lines = (DEMO / "logs" / "2026-11-02.csv").read_text().splitlines()
+    (logs / "day 1.csv").write_text("\n".join(lines[:13]) + "\n")
+    (logs / "day2.csv").write_text("\n".join([lines[0], *lines[13:25], lines[1]]) + "\n")  # last row repeats day 1
+    monkeypatch.setenv("TAO_HOME", str(tmp_path / "home"))
+    return {
+        "warehouse": WarehouseResource(path=str(tmp_path / "home" / "warehouse.duckdb")),
+        "domain": DomainResource(domain_file=str(tmp_path / "domain.yaml"), log_dir=str(logs), heldout_fraction=0.35),
+        "policy": PolicyResource(base_model="embedded", cache_dir=str(MODEL_CACHE)),
+        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}", artifact_location=(tmp_path / "home" / "mlruns").as_uri()),
+    }
+
+
+def test_all_five_assets_materialize_with_the_real_model(tiny_demo, tmp_path):
+    with dg.instance_for_test() as instance:
+        keys = ["day_1.csv", "day2.csv"]
+        instance.add_dynamic_partitions(log_files.name, keys)
+        tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[1]}
+        result = dg.materialize(prompt_assets, instance=instance, resources=tiny_demo, tags=tags)
+        assert result.success
+        assert not engine_processes(), "the vLLM engine outlived its step"
+        ingest = result.asset_materializations_for_node("raw_prompts")[0].metadata
+        assert ingest["rows_read"].value == 25 and ingest["duplicates"].value == 1 and ingest["quarantined"].value == 0
+
+        db = tiny_demo["warehouse"].get()
+        train = db.query("select count(*) as n from prompts where not heldout")["n"][0]
+        heldout = db.query("select count(*) as n from prompts where heldout")["n"][0]
+        assert train + heldout == 24 and heldout > 0
+        candidates = db.query("select * from candidates")
+        assert candidates.height == train * 3  # plain x2 + topic_guide x1
+        assert set(candidates["strategy"]) == {"plain", "topic_guide"}
+        assert candidates["completion_tokens"].min() > 0 and set(candidates["finish_reason"]) <= {"stop", "length"}
+        assert db.query("select count(*) as n from scores")["n"][0] == candidates.height * 4
+        held_ids = set(db.query("select prompt_id from prompts where heldout")["prompt_id"])
+        assert not held_ids & set(candidates["prompt_id"]), "held-out prompts must never get candidates"
+
+        # Rematerializing generates nothing new.
+        again = dg.materialize(prompt_assets[1:2], instance=instance, resources=tiny_demo, tags=tags, selection=prompt_assets[1:2])
+        assert again.asset_materializations_for_node("candidate_responses")[0].metadata["candidates_generated"].value == 0
+
+        run_config = {
+            "ops": {
+                "tuned_checkpoint": {"config": {"batch_size": 4, "min_chosen_reward": 0.0, "min_margin": 0.0, "max_pairs": 8}},
+                "eval_report": {"config": {"max_prompts": 6}},
+            }
+        }
+        result = dg.materialize(round_assets, instance=instance, resources=tiny_demo, selection=round_assets, run_config=run_config, raise_on_error=False)
+        assert result.success
+        assert not engine_processes()
+        ckpt = result.asset_materializations_for_node("tuned_checkpoint")[0].metadata
+        assert ckpt["steps"].value == 2 and (tmp_path / "home" / "checkpoints" / ckpt["checkpoint_id"].value / "model.safetensors").is_file()
+
+        report_meta = result.asset_materializations_for_node("eval_report")[0].metadata
+        report = json.loads(open(report_meta["report_json"].value).read())
+        for key in ("base_mean_reward", "tuned_mean_reward", "diff", "diff_ci_low", "diff_ci_high", "win_rate", "n"):
+            assert key in report
+        assert report["n"] == 6 and report["outside_check"]["n_labelled"] == 6
+        assert "data:image/png;base64," in report_meta["report"].value
+        assert {c.check_name for c in result.get_asset_check_evaluations()} == {"tuned_beats_base", "outside_check_beats_majority", "serving_cost_not_higher"}
+
+        import mlflow
+
+        mlflow.set_tracking_uri(tiny_demo["mlflow"].tracking_uri)
+        versions = mlflow.MlflowClient().search_model_versions(f"name = '{tiny_demo['mlflow'].registered_model}'")
+        assert len(versions) == 1
+        run = mlflow.get_run(ckpt["mlflow_run_id"].value)
+        assert run.data.params["pairs"] == "8" and "eval_diff" in run.data.metrics
+    shutil.rmtree(tmp_path / "home" / "mlruns", ignore_errors=True)

@@ -1,0 +1,67 @@
+import polars as pl
+import pytest
+
+from tao_dagster.training import TrainSettings, build_pairs, checkpoint_id, train_dpo
+
+
+def candidates(rows):
+    return pl.DataFrame(rows, schema=["prompt_id", "candidate_id", "response", "reward"], orient="row")
+
+
+def test_pairs_are_best_versus_worst_per_prompt():
+    frame = candidates(
+        [
+            ("p1", "a", "good", 0.9),
+            ("p1", "b", "bad", 0.1),
+            ("p1", "c", "middle", 0.5),
+            ("p2", "d", "fine", 0.8),
+            ("p2", "e", "also fine", 0.75),  # margin too small
+            ("p3", "f", "weak", 0.3),
+            ("p3", "g", "weaker", 0.0),  # chosen too weak
+        ]
+    )
+    pairs = build_pairs(frame, TrainSettings(min_margin=0.1, min_chosen_reward=0.5))
+    assert pairs.select("prompt_id", "chosen_id", "rejected_id").rows() == [("p1", "a", "b")]
+    assert build_pairs(frame, TrainSettings(min_margin=0.0, min_chosen_reward=0.0)).height == 3
+
+
+def test_ties_prefer_the_shorter_chosen_answer():
+    frame = candidates([("p1", "a", "long long answer", 1.0), ("p1", "b", "short", 1.0), ("p1", "c", "x", 0.0)])
+    pairs = build_pairs(frame, TrainSettings())
+    assert pairs["chosen_id"].to_list() == ["b"]
+
+
+def test_checkpoint_id_depends_on_parent_settings_and_data():
+    frame = candidates([("p1", "a", "good", 0.9), ("p1", "b", "bad", 0.1), ("p2", "c", "good", 0.9), ("p2", "d", "bad", 0.0)])
+    pairs = build_pairs(frame, TrainSettings())
+    base = checkpoint_id("base:m", TrainSettings(), pairs)
+    assert base == checkpoint_id("base:m", TrainSettings(), pairs)
+    assert base[0] != checkpoint_id("base:other", TrainSettings(), pairs)[0]
+    assert base[0] != checkpoint_id("base:m", TrainSettings(beta=0.2), pairs)[0]
+    assert base[1] != checkpoint_id("base:m", TrainSettings(), pairs.head(1))[1]
+
+
+def test_dpo_trains_and_saves_a_merged_model(tiny_model_dir, tmp_path):
+    """Real TRL DPO + LoRA on a tiny random model: the merged model loads and differs from its parent."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    prompt = [{"role": "user", "content": "Classify: where is my card?"}]
+    pairs = [
+        {"prompt": prompt, "chosen": [{"role": "assistant", "content": '{"topic": "card"}'}], "rejected": [{"role": "assistant", "content": "no idea"}]}
+    ] * 4
+    out = tmp_path / "ckpt"
+    metrics = train_dpo(str(tiny_model_dir), pairs, TrainSettings(batch_size=2, learning_rate=1e-2), out, tmp_path / "work")
+    assert metrics["steps"] == 2 and metrics["pairs"] == 4
+    assert len(metrics["loss_curve"]) == 2
+    tuned = AutoModelForCausalLM.from_pretrained(out)
+    parent = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not any("lora" in name for name in tuned.state_dict())
+    changed = [n for n, p in tuned.state_dict().items() if not torch.equal(p.to(torch.float32), parent.state_dict()[n].to(torch.float32))]
+    assert changed, "training changed no weight"
+    assert (out / "tokenizer.json").is_file()
+
+
+def test_settings_reject_wrong_types():
+    with pytest.raises(ValueError):
+        TrainSettings(batch_size="many")
