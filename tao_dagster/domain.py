@@ -87,9 +87,11 @@ def load_domain(path: str | Path) -> Domain:
                 template=s.get("template", spec["plain_template"]),
                 sampling=Sampling(s["temperature"], s.get("top_p", 1.0), s.get("max_tokens", default_max)),
                 samples=int(s.get("samples", 1)),
-                response_prefix=s.get("response_prefix", ""),
+                response_prefix=prefix,
             )
             for s in spec["strategies"]
+            # `response_prefixes` sweeps a list of answer starts, e.g. one per allowed value of a field.
+            for prefix in s.get("response_prefixes", [s.get("response_prefix", "")])
         ]
         domain = Domain(
             name=spec["name"],

@@ -94,7 +94,8 @@ def plot_report(base: np.ndarray, tuned: np.ndarray, distributions: dict[str, di
     width = 0.8 / max(len(distributions), 1)
     for i, (model, dist) in enumerate(distributions.items()):
         ax2.bar(x + i * width, [dist.get(k, 0) for k in keys], width, label=model)
-    ax2.set_xticks(x + width * (len(distributions) - 1) / 2, keys, rotation=30, ha="right")
+    short = [k if len(k) <= 18 else k[:16] + ".." for k in keys]  # free-text answers can be long
+    ax2.set_xticks(x + width * (len(distributions) - 1) / 2, short, rotation=30, ha="right")
     ax2.set_ylabel("share of answers")
     ax2.legend()
     fig.tight_layout()

@@ -27,7 +27,7 @@ def tiny_demo(tmp_path, monkeypatch):
     """The banking domain with two strategies, short answers and two 12-prompt log files."""
     spec = yaml.safe_load((DEMO / "domain.yaml").read_text())
     spec["max_tokens"] = 32
-    spec["strategies"] = [s for s in spec["strategies"] if s["name"] in ("plain", "topic_guide")]
+    spec["strategies"] = [s for s in spec["strategies"] if s["name"] in ("plain", "json_prefix")]
     spec["evaluation"]["labels"] = str(DEMO / "eval" / "labels.csv")
     spec["evaluation"]["label_map"] = str(DEMO / "eval" / "intent_topics.json")
     (tmp_path / "domain.yaml").write_text(yaml.safe_dump(spec))
@@ -61,8 +61,8 @@ def test_all_five_assets_materialize_with_the_real_model(tiny_demo, tmp_path):
         heldout = db.query("select count(*) as n from prompts where heldout")["n"][0]
         assert train + heldout == 24 and heldout > 0
         candidates = db.query("select * from candidates")
-        assert candidates.height == train * 3  # plain x2 + topic_guide x1
-        assert set(candidates["strategy"]) == {"plain", "topic_guide"}
+        assert candidates.height == train * 3  # plain x1 + json_prefix x2
+        assert set(candidates["strategy"]) == {"plain", "json_prefix"}
         assert candidates["completion_tokens"].min() > 0 and set(candidates["finish_reason"]) <= {"stop", "length"}
         assert db.query("select count(*) as n from scores")["n"][0] == candidates.height * 4
         held_ids = set(db.query("select prompt_id from prompts where heldout")["prompt_id"])
