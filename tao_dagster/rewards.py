@@ -187,7 +187,7 @@ class RegexScorer(Scorer):
     kind = "regex"
 
     def score(self, items):
-        pattern = re.compile(self.params["pattern"], re.S)
+        pattern = re.compile(self.params["pattern"], re.DOTALL)
         forbid = bool(self.params.get("forbid", False))
         return [float(bool(pattern.search(i.response)) != forbid) for i in items]
 

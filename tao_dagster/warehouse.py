@@ -10,8 +10,8 @@ short-lived because a DuckDB file admits one writer process at a time.
 """
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 import polars as pl

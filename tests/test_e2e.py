@@ -2,15 +2,16 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import dagster as dg
 import psutil
 import pytest
 import yaml
 
-from tao_dagster.defs.resources import PROJECT_ROOT, DomainResource, MlflowResource, PolicyResource, WarehouseResource
-from tao_dagster.definitions import defs, prompt_assets, round_assets
+from tao_dagster.definitions import prompt_assets, round_assets
 from tao_dagster.defs.partitions import log_files
+from tao_dagster.defs.resources import PROJECT_ROOT, DomainResource, MlflowResource, PolicyResource, WarehouseResource
 
 from .conftest import MODEL_CACHE
 
@@ -41,7 +42,9 @@ def tiny_demo(tmp_path, monkeypatch):
         "warehouse": WarehouseResource(path=str(tmp_path / "home" / "warehouse.duckdb")),
         "domain": DomainResource(domain_file=str(tmp_path / "domain.yaml"), log_dir=str(logs), heldout_fraction=0.35),
         "policy": PolicyResource(base_model="embedded", cache_dir=str(MODEL_CACHE)),
-        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}", artifact_location=(tmp_path / "home" / "mlruns").as_uri()),
+        "mlflow": MlflowResource(
+            tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}", artifact_location=(tmp_path / "home" / "mlruns").as_uri()
+        ),
     }
 
 
@@ -78,19 +81,27 @@ def test_all_five_assets_materialize_with_the_real_model(tiny_demo, tmp_path):
                 "eval_report": {"config": {"max_prompts": 6}},
             }
         }
-        result = dg.materialize(round_assets, instance=instance, resources=tiny_demo, selection=round_assets, run_config=run_config, raise_on_error=False)
+        result = dg.materialize(
+            round_assets, instance=instance, resources=tiny_demo, selection=round_assets, run_config=run_config, raise_on_error=False
+        )
         assert result.success
         assert not engine_processes()
         ckpt = result.asset_materializations_for_node("tuned_checkpoint")[0].metadata
-        assert ckpt["steps"].value == 2 and (tmp_path / "home" / "checkpoints" / ckpt["checkpoint_id"].value / "model.safetensors").is_file()
+        assert (
+            ckpt["steps"].value == 2 and (tmp_path / "home" / "checkpoints" / ckpt["checkpoint_id"].value / "model.safetensors").is_file()
+        )
 
         report_meta = result.asset_materializations_for_node("eval_report")[0].metadata
-        report = json.loads(open(report_meta["report_json"].value).read())
+        report = json.loads(Path(report_meta["report_json"].value).read_text())
         for key in ("base_mean_reward", "tuned_mean_reward", "diff", "diff_ci_low", "diff_ci_high", "win_rate", "n"):
             assert key in report
         assert report["n"] == 6 and report["outside_check"]["n_labelled"] == 6
         assert "data:image/png;base64," in report_meta["report"].value
-        assert {c.check_name for c in result.get_asset_check_evaluations()} == {"tuned_beats_base", "outside_check_beats_majority", "serving_cost_not_higher"}
+        assert {c.check_name for c in result.get_asset_check_evaluations()} == {
+            "tuned_beats_base",
+            "outside_check_beats_majority",
+            "serving_cost_not_higher",
+        }
 
         import mlflow
 

@@ -42,7 +42,10 @@ def test_report_files(tmp_path):
         **compare(np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.6, 0.2])),
         "base_mean_tokens": 30.0,
         "tuned_mean_tokens": 25.0,
-        "answer_distribution": {"base": answer_distribution(["card", "card", None]), "tuned": answer_distribution(["card", "cash", "cash"])},
+        "answer_distribution": {
+            "base": answer_distribution(["card", "card", None]),
+            "tuned": answer_distribution(["card", "cash", "cash"]),
+        },
         "outside_check": {"n_labelled": 0},
     }
     json_path, md_path, text = write_report(report, [{"strategy": "plain", "mean_reward": 0.4}], tmp_path)

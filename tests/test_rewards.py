@@ -43,7 +43,9 @@ def test_json_fields_orders_good_over_wrapped_over_invalid():
 def test_embedding_choice_prefers_the_fitting_value():
     s = scorer({"kind": "embedding_choice", "field": "topic", "descriptions": DESCRIPTIONS})
     prompt = "The ATM gave me less cash than I asked for"
-    fit, misfit, invalid = s.score([item('{"topic": "cash"}', prompt), item('{"topic": "card"}', prompt), item('{"topic": "pizza"}', prompt)])
+    fit, misfit, invalid = s.score(
+        [item('{"topic": "cash"}', prompt), item('{"topic": "card"}', prompt), item('{"topic": "pizza"}', prompt)]
+    )
     assert fit > 0.5 > misfit
     assert invalid == 0.0
 
@@ -63,7 +65,13 @@ def test_embedding_relevance_prefers_an_on_topic_reply():
 
 def test_self_consistency_is_the_share_agreeing_within_a_prompt():
     s = scorer({"kind": "self_consistency", "field": "topic"})
-    items = [item('{"topic": "card"}'), item('{"topic": "card"}'), item('{"topic": "cash"}'), item("nonsense"), item('{"topic": "cash"}', pid="p2")]
+    items = [
+        item('{"topic": "card"}'),
+        item('{"topic": "card"}'),
+        item('{"topic": "cash"}'),
+        item("nonsense"),
+        item('{"topic": "cash"}', pid="p2"),
+    ]
     assert s.score(items) == pytest.approx([2 / 3, 2 / 3, 1 / 3, 0.0, 0.0])
 
 
@@ -83,7 +91,9 @@ def test_versions_follow_parameters_and_unknown_kinds_fail_clearly():
 
 
 def test_combine_weights_and_normalises_per_prompt():
-    scorers = build_scorers([{"name": "a", "kind": "regex", "pattern": "x", "weight": 3}, {"name": "b", "kind": "regex", "pattern": "y", "weight": 1}])
+    scorers = build_scorers(
+        [{"name": "a", "kind": "regex", "pattern": "x", "weight": 3}, {"name": "b", "kind": "regex", "pattern": "y", "weight": 1}]
+    )
     items = [item("x", pid="p1"), item("y", pid="p1"), item("xy", pid="p2"), item("", pid="p2")]
     frame = score_frame(items, ["c1", "c2", "c3", "c4"], scorers)
     assert frame.height == 8 and set(frame["scorer_version"]) == {s.version for s in scorers}

@@ -48,7 +48,11 @@ def test_dpo_trains_and_saves_a_merged_model(tiny_model_dir, tmp_path):
 
     prompt = [{"role": "user", "content": "Classify: where is my card?"}]
     pairs = [
-        {"prompt": prompt, "chosen": [{"role": "assistant", "content": '{"topic": "card"}'}], "rejected": [{"role": "assistant", "content": "no idea"}]}
+        {
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": '{"topic": "card"}'}],
+            "rejected": [{"role": "assistant", "content": "no idea"}],
+        }
     ] * 4
     out = tmp_path / "ckpt"
     metrics = train_dpo(str(tiny_model_dir), pairs, TrainSettings(batch_size=2, learning_rate=1e-2), out, tmp_path / "work")
@@ -65,3 +69,9 @@ def test_dpo_trains_and_saves_a_merged_model(tiny_model_dir, tmp_path):
 def test_settings_reject_wrong_types():
     with pytest.raises(ValueError):
         TrainSettings(batch_size="many")
+
+
+def test_pair_cap_keeps_the_widest_margins():
+    frame = candidates([(f"p{i}", f"c{i}", "good", 0.5 + i / 10) for i in range(4)] + [(f"p{i}", f"r{i}", "bad", 0.0) for i in range(4)])
+    pairs = build_pairs(frame, TrainSettings(max_pairs=2))
+    assert pairs["prompt_id"].to_list() == ["p2", "p3"]

@@ -7,7 +7,7 @@ import time
 import dagster as dg
 import polars as pl
 
-from tao_dagster.defs.partitions import log_files
+from tao_dagster.defs.partitions import prompt_partition_asset
 from tao_dagster.defs.prompts import raw_prompts
 from tao_dagster.defs.resources import DomainResource, PolicyResource, WarehouseResource
 from tao_dagster.evaluation import markdown_table
@@ -18,11 +18,8 @@ def candidate_id(prompt_id: str, policy_version: str, strategy: str, sampling: s
     return hashlib.sha256(f"{prompt_id}|{policy_version}|{strategy}|{sampling}|{index}".encode()).hexdigest()[:16]
 
 
-@dg.asset(
-    partitions_def=log_files,
+@prompt_partition_asset(
     deps=[raw_prompts],
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    group_name="tao",
     kinds={"vllm", "duckdb"},
     description="N candidate responses per training prompt across the domain's exploration strategies and "
     "sampling settings, from the current policy. Only missing candidates are generated; held-out prompts never are.",

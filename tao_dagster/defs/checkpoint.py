@@ -64,7 +64,16 @@ def tuned_checkpoint(
         with mlflow.start_run(run_name=f"dpo-{ckpt}") as run:
             import mlflow as mlf
 
-            mlf.log_params({**settings.model_dump(), "parent": policy.base_version(), "algorithm": "dpo-lora", "data_hash": data_hash, "pairs": pairs.height, "domain": spec.name})
+            mlf.log_params(
+                {
+                    **settings.model_dump(),
+                    "parent": policy.base_version(),
+                    "algorithm": "dpo-lora",
+                    "data_hash": data_hash,
+                    "pairs": pairs.height,
+                    "domain": spec.name,
+                }
+            )
             metrics = train_dpo(parent, records, settings, out_dir, tao_home() / "work" / ckpt)
             for step, loss in enumerate(metrics["loss_curve"], start=1):
                 mlf.log_metric("train_loss", loss, step=step)
@@ -111,4 +120,3 @@ def tuned_checkpoint(
             "registered_model_version": f"{mlflow.registered_model} v{model_version}",
         }
     )
-

@@ -5,16 +5,13 @@ import json
 import dagster as dg
 import polars as pl
 
-from tao_dagster.defs.partitions import log_files, log_files_in
+from tao_dagster.defs.partitions import log_files_in, prompt_partition_asset
 from tao_dagster.defs.resources import DomainResource, WarehouseResource
 from tao_dagster.evaluation import markdown_table
 from tao_dagster.ingest import is_heldout, normalise_text, parse_log_file, prompt_id
 
 
-@dg.asset(
-    partitions_def=log_files,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    group_name="tao",
+@prompt_partition_asset(
     kinds={"duckdb", "polars"},
     description="Prompts parsed from one production log file: deduplicated by a hash of the normalised "
     "messages, a deterministic held-out slice set aside for evaluation only, bad rows quarantined with reason.",
@@ -43,13 +40,22 @@ def raw_prompts(context: dg.AssetExecutionContext, domain: DomainResource, wareh
                     "first_partition": key,
                 }
             sources.append({"partition": key, "source_file": str(parsed.path), "line": row.line, "prompt_id": pid, "duplicate": duplicate})
-        quarantine = [{"partition": key, "source_file": str(parsed.path), "line": b.line, "reason": b.reason, "raw": b.raw} for b in parsed.bad]
+        quarantine = [
+            {"partition": key, "source_file": str(parsed.path), "line": b.line, "reason": b.reason, "raw": b.raw} for b in parsed.bad
+        ]
         with db.transaction() as con:
             con.execute("delete from prompt_sources where partition = ?", [key])
             con.execute("delete from quarantine where partition = ?", [key])
             db.insert(con, "prompts", pl.DataFrame(list(prompts.values()), schema_overrides={"heldout": pl.Boolean}), "ignore")
             db.insert(con, "prompt_sources", pl.DataFrame(sources))
-            db.insert(con, "quarantine", pl.DataFrame(quarantine, schema={"partition": pl.String, "source_file": pl.String, "line": pl.Int64, "reason": pl.String, "raw": pl.String}))
+            db.insert(
+                con,
+                "quarantine",
+                pl.DataFrame(
+                    quarantine,
+                    schema={"partition": pl.String, "source_file": pl.String, "line": pl.Int64, "reason": pl.String, "raw": pl.String},
+                ),
+            )
         counts = {
             "partition": key,
             "rows_read": parsed.rows_read,

@@ -21,7 +21,9 @@ class EvalConfig(dg.Config):
     max_prompts: int = 0  # 0: every held-out prompt
 
 
-def answer(db: Warehouse, domain: Domain, policy: PolicyResource, model_path: str, checkpoint: str, model: str, prompts: pl.DataFrame) -> pl.DataFrame:
+def answer(
+    db: Warehouse, domain: Domain, policy: PolicyResource, model_path: str, checkpoint: str, model: str, prompts: pl.DataFrame
+) -> pl.DataFrame:
     """Greedy answers to the plain prompts, generated once per (checkpoint, prompt) and stored."""
     have = db.query("select prompt_id from eval_answers where checkpoint_id = ? and model = ?", [checkpoint, model])["prompt_id"].to_list()
     todo = prompts.filter(~pl.col("prompt_id").is_in(have))
@@ -41,9 +43,13 @@ def answer(db: Warehouse, domain: Domain, policy: PolicyResource, model_path: st
                 }
             ),
         )
-    return db.query(
-        "select prompt_id, response, completion_tokens from eval_answers where checkpoint_id = ? and model = ?", [checkpoint, model]
-    ).join(prompts.select("prompt_id", "text"), on="prompt_id").sort("prompt_id")
+    return (
+        db.query(
+            "select prompt_id, response, completion_tokens from eval_answers where checkpoint_id = ? and model = ?", [checkpoint, model]
+        )
+        .join(prompts.select("prompt_id", "text"), on="prompt_id")
+        .sort("prompt_id")
+    )
 
 
 @dg.asset(
@@ -51,9 +57,19 @@ def answer(db: Warehouse, domain: Domain, policy: PolicyResource, model_path: st
     group_name="tao",
     kinds={"mlflow", "duckdb"},
     check_specs=[
-        dg.AssetCheckSpec("tuned_beats_base", asset="eval_report", description="Held-out mean reward: the 95% CI of tuned - base lies above 0."),
-        dg.AssetCheckSpec("outside_check_beats_majority", asset="eval_report", description="Tuned accuracy against held-out labels beats always answering the commonest label."),
-        dg.AssetCheckSpec("serving_cost_not_higher", asset="eval_report", description="The tuned model's answers are no longer on average than the base model's."),
+        dg.AssetCheckSpec(
+            "tuned_beats_base", asset="eval_report", description="Held-out mean reward: the 95% CI of tuned - base lies above 0."
+        ),
+        dg.AssetCheckSpec(
+            "outside_check_beats_majority",
+            asset="eval_report",
+            description="Tuned accuracy against held-out labels beats always answering the commonest label.",
+        ),
+        dg.AssetCheckSpec(
+            "serving_cost_not_higher",
+            asset="eval_report",
+            description="The tuned model's answers are no longer on average than the base model's.",
+        ),
     ],
     description="Held-out prompts (never trained on) answered greedily with the plain prompt by the base and the tuned "
     "model, scored by the pointwise scorers: mean rewards, the difference with a 95% bootstrap CI, win rate, output "
@@ -140,7 +156,11 @@ def eval_report(
             **{k: v for k, v in report.items() if isinstance(v, (int, float))},
         },
         check_results=[
-            dg.AssetCheckResult(check_name="tuned_beats_base", passed=bool(report["diff_ci_low"] > 0), metadata={"diff": report["diff"], "diff_ci_low": report["diff_ci_low"]}),
+            dg.AssetCheckResult(
+                check_name="tuned_beats_base",
+                passed=bool(report["diff_ci_low"] > 0),
+                metadata={"diff": report["diff"], "diff_ci_low": report["diff_ci_low"]},
+            ),
             dg.AssetCheckResult(
                 check_name="outside_check_beats_majority",
                 passed=bool(check.get("tuned_accuracy_ci_low", float("nan")) > check.get("majority_baseline", float("inf"))),

@@ -22,6 +22,16 @@ def tao_home() -> Path:
     return Path(os.environ.get("TAO_HOME", PROJECT_ROOT / ".tao_home")).resolve()
 
 
+def keep_caches_in_home() -> None:
+    """Point the libraries' caches under the project home and switch off their usage reporting,
+    so nothing is written outside it unless the user sets these variables."""
+    home = tao_home()
+    for var, path in (("VLLM_CACHE_ROOT", "cache/vllm"), ("MPLCONFIGDIR", "cache/matplotlib")):
+        os.environ.setdefault(var, str(home / path))
+    for var in ("VLLM_NO_USAGE_STATS", "DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "HF_HUB_DISABLE_TELEMETRY"):
+        os.environ.setdefault(var, "1")
+
+
 class WarehouseResource(dg.ConfigurableResource):
     """The DuckDB warehouse file."""
 
@@ -94,6 +104,7 @@ class MlflowResource(dg.ConfigurableResource):
 
 
 def default_resources() -> dict:
+    keep_caches_in_home()
     home = tao_home()
     demo = PROJECT_ROOT / "assets" / "banking"
     return {

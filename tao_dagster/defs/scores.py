@@ -5,7 +5,7 @@ import numpy as np
 import polars as pl
 
 from tao_dagster.defs.candidates import candidate_responses
-from tao_dagster.defs.partitions import log_files
+from tao_dagster.defs.partitions import prompt_partition_asset
 from tao_dagster.defs.resources import DomainResource, WarehouseResource
 from tao_dagster.evaluation import markdown_table
 from tao_dagster.rewards import Scored, Scorer, build_scorers, combine, score_frame
@@ -22,7 +22,9 @@ def candidate_rewards(db: Warehouse, scorers: list[Scorer], partitions: list[str
             from candidates c join prompts p using (prompt_id) {where}""",
         [] if partitions is None else [partitions],
     )
-    scores = db.query("select candidate_id, prompt_id, scorer, scorer_version, score from scores").join(current, on=["scorer", "scorer_version"])
+    scores = db.query("select candidate_id, prompt_id, scorer, scorer_version, score from scores").join(
+        current, on=["scorer", "scorer_version"]
+    )
     return candidates.join(combine(scores, scorers), on=["candidate_id", "prompt_id"])
 
 
@@ -47,11 +49,8 @@ def score_missing(db: Warehouse, scorers: list[Scorer], partitions: list[str]) -
     return written
 
 
-@dg.asset(
-    partitions_def=log_files,
+@prompt_partition_asset(
     deps=[candidate_responses],
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    group_name="tao",
     kinds={"duckdb", "polars"},
     description="Label-free scores of every candidate (rules, embedding-based content fit, self-consistency), "
     "combined with the domain's weights and normalised per prompt. Scorers are versioned: a changed scorer re-scores only itself.",
@@ -80,7 +79,11 @@ def reward_scores(context: dg.AssetExecutionContext, domain: DomainResource, war
     per_prompt = rewards.group_by("prompt_id").agg(pl.col("reward").mean().alias("mean"), pl.col("reward").max().alias("best"))
     per_strategy = (
         rewards.group_by("strategy", "sampling")
-        .agg(pl.len().alias("candidates"), pl.col("reward").mean().alias("mean_reward"), (pl.col("reward_z") > 0).mean().alias("above_prompt_mean"))
+        .agg(
+            pl.len().alias("candidates"),
+            pl.col("reward").mean().alias("mean_reward"),
+            (pl.col("reward_z") > 0).mean().alias("above_prompt_mean"),
+        )
         .sort("mean_reward", descending=True)
     )
     length_corr = float(np.corrcoef(rewards["reward"], rewards["completion_tokens"])[0, 1]) if rewards.height > 2 else float("nan")
