@@ -20,7 +20,15 @@ DEMO = PROJECT_ROOT / "assets" / "banking"
 
 
 def engine_processes() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(p.cmdline()) or "EngineCore" in p.name()]
+    """Live vLLM engine processes under this one (exited ones not yet reaped do not count)."""
+    alive = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and "EngineCore" in p.name() + " ".join(p.cmdline()):
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return alive
 
 
 @pytest.fixture
