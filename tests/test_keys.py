@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import pytest
+
+from tao_dagster.defs.candidates import candidate_id
+from tao_dagster.defs.partitions import log_files_in, partition_key
+from tao_dagster.domain import load_domain
+
+DEMO_DOMAIN = Path(__file__).parents[1] / "assets" / "banking" / "domain.yaml"
+
+
+def test_candidate_key_covers_policy_strategy_settings_and_index():
+    base = candidate_id("p1", "base:m", "plain", "t=0.7", 0)
+    assert base == candidate_id("p1", "base:m", "plain", "t=0.7", 0)
+    others = [
+        candidate_id("p2", "base:m", "plain", "t=0.7", 0),
+        candidate_id("p1", "ckpt:abc", "plain", "t=0.7", 0),
+        candidate_id("p1", "base:m", "few_shot", "t=0.7", 0),
+        candidate_id("p1", "base:m", "plain", "t=0.3", 0),
+        candidate_id("p1", "base:m", "plain", "t=0.7", 1),
+    ]
+    assert len({base, *others}) == 6
+
+
+def test_partition_keys_are_sanitised_file_names(tmp_path):
+    assert partition_key(Path("logs/day 1 'prod'.jsonl")) == "day_1__prod_.jsonl"
+    for name in ("a.csv", "b.jsonl", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    assert sorted(log_files_in(tmp_path)) == ["a.csv", "b.jsonl"]
+    with pytest.raises(FileNotFoundError, match="log_dir .* is not a readable folder"):
+        log_files_in(tmp_path / "missing")
+
+
+def test_demo_domain_strategies_and_plain_prompt():
+    domain = load_domain(DEMO_DOMAIN)
+    keys = [(s.name, s.settings_key()) for s in domain.strategies]
+    assert len(set(keys)) == len(keys) >= 3
+    assert len({s.name for s in domain.strategies}) >= 3
+    plain = domain.plain_request([{"role": "user", "content": "Where is my card?"}])
+    assert plain.sampling.temperature == 0 and plain.response_prefix == ""
+    assert plain.messages[-1]["content"].endswith("Message: Where is my card?")
+    assert domain.instruction.strip() in plain.messages[-1]["content"]
+
+
+def test_bad_domain_file_names_the_file(tmp_path):
+    bad = tmp_path / "domain.yaml"
+    bad.write_text("name: x\nstrategies: []\n")
+    with pytest.raises(ValueError, match=r"domain file .*domain.yaml: missing or malformed setting"):
+        load_domain(bad)
