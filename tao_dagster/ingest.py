@@ -92,17 +92,27 @@ def _check(messages: list[dict], max_chars: int) -> list[dict]:
 
 
 def parse_log_file(path: Path, text_column: str = "text", max_chars: int = 4000) -> ParsedFile:
-    """Read one log file; rows that cannot be used are returned in `bad` with line and reason."""
+    """Read one log file; rows that cannot be used are returned in `bad` with line and reason.
+
+    A problem with the whole file (unreadable, gone since it was listed, a CSV without the text
+    column) is one bad row at line 0, so that one broken file does not stop the others.
+    """
     parsed = ParsedFile(path)
-    data = path.read_bytes()
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".json", ".csv"):
-        raise ValueError(f"{path}: unsupported log format {suffix!r} (expected .jsonl or .csv)")
+        parsed.bad.append(BadRow(0, f"unsupported log format {suffix!r} (expected .jsonl or .csv)", ""))
+        return parsed
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        parsed.bad.append(BadRow(0, f"file could not be read: {err.strerror or err}", ""))
+        return parsed
     if suffix == ".csv":
         text = data.decode("utf-8-sig", errors="replace")
         reader = csv.DictReader(io.StringIO(text, newline=""))
         if reader.fieldnames is None or text_column not in reader.fieldnames:
-            raise ValueError(f"{path}: CSV has no column {text_column!r} (columns: {reader.fieldnames})")
+            parsed.bad.append(BadRow(0, f"CSV has no column {text_column!r} (columns: {reader.fieldnames})", text[:2000]))
+            return parsed
         for record in reader:
             line = reader.line_num
             raw = record.get(text_column) or ""

@@ -1,7 +1,5 @@
 import json
 
-import pytest
-
 from tao_dagster.ingest import is_heldout, parse_log_file, prompt_id
 
 
@@ -59,10 +57,13 @@ def test_csv_with_quoted_commas(tmp_path):
     assert [(b.line, b.reason) for b in parsed.bad] == [(3, "empty prompt")]
 
 
-def test_csv_without_text_column_names_the_file(tmp_path):
-    path = write(tmp_path, "log.csv", "question\nhi\n")
-    with pytest.raises(ValueError, match=r"log.csv: CSV has no column 'text'"):
-        parse_log_file(path)
+def test_file_level_problems_are_one_bad_row_at_line_0(tmp_path):
+    no_column = parse_log_file(write(tmp_path, "log.csv", "question\nhi\n"))
+    assert no_column.rows == [] and [(b.line, b.reason) for b in no_column.bad] == [(0, "CSV has no column 'text' (columns: ['question'])")]
+    gone = parse_log_file(tmp_path / "vanished.jsonl")  # listed, then removed before it was read
+    assert gone.rows == [] and gone.bad[0].line == 0 and gone.bad[0].reason.startswith("file could not be read")
+    empty = parse_log_file(write(tmp_path, "empty.jsonl", b""))
+    assert empty.rows == [] and empty.bad == [] and empty.rows_read == 0
 
 
 def test_prompt_id_ignores_whitespace_but_not_content():

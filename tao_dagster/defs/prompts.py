@@ -1,6 +1,7 @@
 """raw_prompts: production log files -> deduplicated prompts, a held-out slice and a quarantine."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -21,9 +22,8 @@ def raw_prompts(context: dg.AssetExecutionContext, domain: DomainResource, wareh
     db = warehouse.get()
     per_partition = []
     for key in context.partition_keys:
-        if key not in files:
-            raise FileNotFoundError(f"partition {key!r}: no log file with that name in {domain.log_dir}")
-        parsed = parse_log_file(files[key], domain.text_column, domain.max_prompt_chars)
+        # A partition whose file has gone is quarantined as unreadable, like any other broken file.
+        parsed = parse_log_file(files.get(key, Path(domain.log_dir) / key), domain.text_column, domain.max_prompt_chars)
         for bad in parsed.bad:
             context.log.warning(f"{parsed.path}:{bad.line}: quarantined: {bad.reason}")
         seen = set(db.query("select prompt_id from prompts where first_partition <> ?", [key])["prompt_id"])
