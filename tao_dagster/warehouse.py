@@ -40,7 +40,7 @@ create table if not exists checkpoints (
     metrics varchar, created_at timestamp default current_timestamp);
 create table if not exists eval_answers (
     checkpoint_id varchar, prompt_id varchar, model varchar, response varchar,
-    completion_tokens integer, reward double, primary key (checkpoint_id, prompt_id, model));
+    completion_tokens integer, primary key (checkpoint_id, prompt_id, model));
 """
 
 

@@ -5,6 +5,7 @@ import json
 
 import dagster as dg
 import polars as pl
+from pydantic import Field
 
 from tao_dagster.defs.checkpoint import tuned_checkpoint
 from tao_dagster.defs.prompts import raw_prompts
@@ -18,7 +19,7 @@ from tao_dagster.warehouse import Warehouse
 
 
 class EvalConfig(dg.Config):
-    max_prompts: int = 0  # 0: every held-out prompt
+    max_prompts: int = Field(0, description="Evaluate at most this many held-out prompts (0: all), in a fixed hashed order.")
 
 
 def answer(
