@@ -64,6 +64,7 @@ class PolicyResource(dg.ConfigurableResource):
     max_model_len: int = 1024
     gpu_memory_utilization: float = 0.3
     tensor_parallel_size: int = 1
+    block_size: int = 32  # vLLM KV-cache block in tokens; 0 keeps vLLM's default
 
     def base_path(self) -> str:
         return resolve_base_model(self.base_model, Path(self.cache_dir))
@@ -79,6 +80,7 @@ class PolicyResource(dg.ConfigurableResource):
             max_model_len=self.max_model_len,
             gpu_memory_utilization=self.gpu_memory_utilization,
             tensor_parallel_size=self.tensor_parallel_size,
+            block_size=self.block_size or None,
         )
 
 
