@@ -20,7 +20,8 @@ def use_project_instance() -> None:
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(tao_home() / "dagster")))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
+    if not config.exists():  # missing, or a link left dangling by a moved checkout
+        config.unlink(missing_ok=True)
         config.symlink_to(PROJECT_ROOT / "dagster.yaml")
     os.chdir(PROJECT_ROOT)  # workspace.yaml and the default domain paths are relative to it
 
@@ -64,7 +65,6 @@ def run_demo(max_eval_prompts: int) -> dict:
         round_assets,
         instance=instance,
         resources=resources,
-        selection=round_assets,
         run_config={"ops": {"eval_report": {"config": {"max_prompts": max_eval_prompts}}}},
         raise_on_error=False,
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROLES = ("system", "user", "assistant")
+LOG_SUFFIXES = (".jsonl", ".json", ".csv")
 
 
 @dataclass
@@ -99,7 +100,7 @@ def parse_log_file(path: Path, text_column: str = "text", max_chars: int = 4000)
     """
     parsed = ParsedFile(path)
     suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".json", ".csv"):
+    if suffix not in LOG_SUFFIXES:
         parsed.bad.append(BadRow(0, f"unsupported log format {suffix!r} (expected .jsonl or .csv)", ""))
         return parsed
     try:

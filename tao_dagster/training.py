@@ -63,12 +63,9 @@ def build_pairs(candidates: pl.DataFrame, settings: TrainSettings) -> pl.DataFra
         ),
         on="prompt_id",
     )
-    pairs = pairs.filter(
-        (pl.col("chosen_reward") - pl.col("rejected_reward") >= settings.min_margin)
-        & (pl.col("chosen_reward") >= settings.min_chosen_reward)
-    )
+    margin = pl.col("chosen_reward") - pl.col("rejected_reward")
+    pairs = pairs.filter((margin >= settings.min_margin) & (pl.col("chosen_reward") >= settings.min_chosen_reward))
     if settings.max_pairs:
-        margin = pl.col("chosen_reward") - pl.col("rejected_reward")
         pairs = pairs.sort([margin, pl.col("prompt_id")], descending=[True, False]).head(settings.max_pairs)
     return pairs.sort("prompt_id")
 

@@ -80,7 +80,7 @@ def test_all_five_assets_materialize_with_the_real_model(tiny_demo, tmp_path):
         assert not held_ids & set(candidates["prompt_id"]), "held-out prompts must never get candidates"
 
         # Rematerializing generates nothing new.
-        again = dg.materialize(prompt_assets[1:2], instance=instance, resources=tiny_demo, tags=tags, selection=prompt_assets[1:2])
+        again = dg.materialize(prompt_assets[1:2], instance=instance, resources=tiny_demo, tags=tags)
         assert again.asset_materializations_for_node("candidate_responses")[0].metadata["candidates_generated"].value == 0
 
         run_config = {
@@ -89,9 +89,7 @@ def test_all_five_assets_materialize_with_the_real_model(tiny_demo, tmp_path):
                 "eval_report": {"config": {"max_prompts": 6}},
             }
         }
-        result = dg.materialize(
-            round_assets, instance=instance, resources=tiny_demo, selection=round_assets, run_config=run_config, raise_on_error=False
-        )
+        result = dg.materialize(round_assets, instance=instance, resources=tiny_demo, run_config=run_config, raise_on_error=False)
         assert result.success
         assert not engine_processes()
         ckpt = result.asset_materializations_for_node("tuned_checkpoint")[0].metadata

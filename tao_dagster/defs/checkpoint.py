@@ -41,8 +41,8 @@ def tuned_checkpoint(
             f"no training pairs among {rewards['prompt_id'].n_unique()} scored prompts: lower min_chosen_reward "
             f"({settings.min_chosen_reward}) or min_margin ({settings.min_margin}), or add prompts"
         )
-    parent = policy.base_path()
-    ckpt, data_hash = checkpoint_id(policy.base_version(), settings, pairs)
+    parent, parent_version = policy.base_path(), policy.base_version()
+    ckpt, data_hash = checkpoint_id(parent_version, settings, pairs)
     out_dir = tao_home() / "checkpoints" / ckpt
     known = db.query("select * from checkpoints where checkpoint_id = ?", [ckpt])
     if known.height and (out_dir / "config.json").is_file():
@@ -67,7 +67,7 @@ def tuned_checkpoint(
             mlf.log_params(
                 {
                     **settings.model_dump(),
-                    "parent": policy.base_version(),
+                    "parent": parent_version,
                     "algorithm": "dpo-lora",
                     "data_hash": data_hash,
                     "pairs": pairs.height,
@@ -93,7 +93,7 @@ def tuned_checkpoint(
                     [
                         {
                             "checkpoint_id": ckpt,
-                            "parent": policy.base_version(),
+                            "parent": parent_version,
                             "algorithm": "dpo-lora",
                             "config": settings.model_dump_json(),
                             "data_hash": data_hash,

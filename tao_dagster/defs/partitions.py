@@ -5,9 +5,9 @@ from pathlib import Path
 
 import dagster as dg
 
-log_files = dg.DynamicPartitionsDefinition(name="log_files")
+from tao_dagster.ingest import LOG_SUFFIXES
 
-LOG_SUFFIXES = (".jsonl", ".json", ".csv")
+log_files = dg.DynamicPartitionsDefinition(name="log_files")
 
 
 def partition_key(path: Path) -> str:

@@ -100,7 +100,8 @@ def eval_report(
     base = answer(db, spec, policy, policy.base_path(), policy.base_version(), "base", prompts)
     tuned = answer(db, spec, policy, checkpoint["path"], ckpt, "tuned", prompts)
 
-    scorers = [s for s in build_scorers(spec.scorers) if not s.group]  # one answer per prompt: no group to agree with
+    all_scorers = build_scorers(spec.scorers)
+    scorers = [s for s in all_scorers if not s.group]  # one answer per prompt: no group to agree with
     rewards = {}
     for model, frame in (("base", base), ("tuned", tuned)):
         items = [Scored(pid, text, response) for pid, text, response in frame.select("prompt_id", "text", "response").iter_rows()]
@@ -121,7 +122,7 @@ def eval_report(
         report["outside_check"] = outside_check(base["text"].to_list(), answers, labels)
 
     strategy_rows = (
-        candidate_rewards(db, build_scorers(spec.scorers))
+        candidate_rewards(db, all_scorers)
         .group_by("strategy", "sampling")
         .agg(
             pl.len().alias("candidates"),
@@ -136,10 +137,11 @@ def eval_report(
     json_path, md_path, markdown = write_report(report, strategy_rows, out_dir)
     plot = plot_report(rewards["base"], rewards["tuned"], report["answer_distribution"], out_dir / "report.png")
 
+    numbers = {k: v for k, v in report.items() if isinstance(v, (int, float))}
     with mlflow.start_run(run_id=checkpoint["mlflow_run_id"]):
         import mlflow as mlf
 
-        mlf.log_metrics({f"eval_{k}": v for k, v in report.items() if isinstance(v, (int, float))})
+        mlf.log_metrics({f"eval_{k}": v for k, v in numbers.items()})
         for k, v in report.get("outside_check", {}).items():
             if isinstance(v, (int, float)):
                 mlf.log_metric(f"eval_outside_{k}", v)
@@ -154,7 +156,7 @@ def eval_report(
             "report_json": dg.MetadataValue.path(str(json_path)),
             "report_md": dg.MetadataValue.path(str(md_path)),
             "plot": dg.MetadataValue.path(str(plot)),
-            **{k: v for k, v in report.items() if isinstance(v, (int, float))},
+            **numbers,
         },
         check_results=[
             dg.AssetCheckResult(
