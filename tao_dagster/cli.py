@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,58 +31,95 @@ def stage(message: str) -> None:
     print(f"[tao {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def run_demo(max_eval_prompts: int) -> dict:
+def deliver(source: Path, logs) -> None:
+    """Copy the example log files into a local log location, as production traffic would arrive there."""
+    if logs.location.startswith("s3://"):
+        raise SystemExit(f"the demo copies example logs to a local folder: upload them to {logs.location} and pass --logs-from ''")
+    target = Path(logs.location)
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.iterdir()):
+        if path.is_file() and not (target / path.name).exists():
+            shutil.copy2(path, target / path.name)
+
+
+def score(instance, defs, keys: list[str]) -> None:
+    """Materialize raw_prompts -> candidate_responses -> reward_scores for these partitions in one run."""
     import dagster as dg
 
-    from tao_dagster.definitions import defs, prompt_assets, round_assets
-    from tao_dagster.defs.partitions import log_files, log_files_in
+    from tao_dagster.defs.flywheel import prompt_assets
+    from tao_dagster.defs.partitions import log_files
 
-    instance = dg.DagsterInstance.get()
-    resources = defs.resources
-    files = log_files_in(resources["domain"].log_dir)
-    if not files:
-        raise SystemExit(f"no log files in {resources['domain'].log_dir}")
-    keys = sorted(files)
     instance.add_dynamic_partitions(log_files.name, [k for k in keys if not instance.has_dynamic_partition(log_files.name, k)])
-    start = time.perf_counter()
-    stage(f"1/2 raw_prompts -> candidate_responses -> reward_scores over {len(keys)} log-file partitions ({keys[0]} .. {keys[-1]})")
-    result = dg.materialize(
-        prompt_assets,
-        instance=instance,
-        resources=resources,
-        tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
-    )
+    order = [k for k in instance.get_dynamic_partitions(log_files.name) if k in keys]
+    stage(f"raw_prompts -> candidate_responses -> reward_scores over {len(keys)} log-file partitions ({order[0]} .. {order[-1]})")
+    tags = {"dagster/asset_partition_range_start": order[0], "dagster/asset_partition_range_end": order[-1]}
+    result = dg.materialize(prompt_assets, instance=instance, resources=defs.resources, tags=tags)
     if not result.success:
         raise SystemExit("scoring the partitions failed: see the log above")
     for key in ("raw_prompts", "candidate_responses", "reward_scores"):
-        meta = {
-            k: v.value
-            for k, v in result.asset_materializations_for_node(key)[0].metadata.items()
-            if not isinstance(v.value, str) or len(v.value) < 80
-        }
-        stage(f"   {key}: {meta}")
-    stage(f"2/2 tuned_checkpoint -> eval_report ({time.perf_counter() - start:.0f} s so far)")
-    result = dg.materialize(
-        round_assets,
-        instance=instance,
-        resources=resources,
-        run_config={"ops": {"eval_report": {"config": {"max_prompts": max_eval_prompts}}}},
-        raise_on_error=False,
-    )
+        meta = result.asset_materializations_for_node(key)[0].metadata
+        stage(f"   {key}: " + str({k: v.value for k, v in meta.items() if isinstance(v.value, int | float) or len(str(v.value)) < 40}))
+
+
+def tuning_round(instance, defs) -> dict:
+    """tuned_checkpoint -> promotion_gate -> eval_report; returns the report, or the gate's verdict if it refused."""
+    import dagster as dg
+
+    from tao_dagster.defs.flywheel import round_assets
+    from tao_dagster.defs.gate import promotion_gate
+
+    stage("tuned_checkpoint -> promotion_gate -> eval_report")
+    result = dg.materialize([*round_assets, promotion_gate], instance=instance, resources=defs.resources, raise_on_error=False)
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    for check in checks.values():
+        stage(f"   check {check.check_name}: {'PASSED' if check.passed else 'FAILED'}")
+    gate = checks.get("promotion_gate")
+    if gate is None:
+        raise SystemExit("the tuning round failed before its promotion gate: see the log above")
+    stage(f"   promotion gate: {gate.metadata['decision'].value}: {gate.metadata['reason'].value if 'reason' in gate.metadata else ''}")
+    if not gate.passed:
+        return {"gate": gate.metadata["decision"].value}
     if not result.success:
         raise SystemExit("the tuning round failed: see the log above")
     report_meta = result.asset_materializations_for_node("eval_report")[0].metadata
     report = json.loads(Path(report_meta["report_json"].value).read_text())
     report["_paths"] = {k: report_meta[k].value for k in ("report_json", "report_md", "plot")}
-    report["_seconds"] = time.perf_counter() - start
-    for check in result.get_asset_check_evaluations():
-        stage(f"   check {check.check_name}: {'PASSED' if check.passed else 'FAILED'}")
+    report["gate"] = gate.metadata["decision"].value
     return report
+
+
+def run_demo(rounds: int, logs_from: str, max_eval_prompts: int) -> None:
+    """Deliver the example logs, then run `rounds` flywheel rounds: the last `rounds - 1` files arrive one
+    per round, so each later round generates only for its new file, with the champion, and trains from it."""
+    import dagster as dg
+
+    from tao_dagster.definitions import defs
+
+    resources = dict(defs.resources)
+    if max_eval_prompts:
+        resources["domain"] = resources["domain"].model_copy(update={"max_eval_prompts": max_eval_prompts})
+    defs = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, resources=resources)
+    logs = resources["logs"]
+    if logs_from:
+        deliver(Path(logs_from), logs)
+    keys = sorted(logs.list_files())
+    if len(keys) < rounds:
+        raise SystemExit(f"{rounds} rounds need at least {rounds} log files; {logs.location} has {len(keys)}")
+    instance = dg.DagsterInstance.get()
+    start = time.perf_counter()
+    first = len(keys) - rounds + 1
+    for number in range(1, rounds + 1):
+        stage(f"round {number} of {rounds}")
+        score(instance, defs, keys[:first] if number == 1 else [keys[first + number - 2]])
+        report = tuning_round(instance, defs)
+        stage(f"round {number} done ({time.perf_counter() - start:.0f} s so far)")
+        if "n" in report:
+            print_headline(report)
 
 
 def print_headline(report: dict) -> None:
     check = report.get("outside_check", {})
-    stage(f"done in {report['_seconds'] / 60:.1f} min. Held-out prompts: {report['n']}")
+    print(f"  {report['gate']}. Held-out prompts: {report['n']}")
     print(
         f"  mean reward   base {report['base_mean_reward']:.3f}  tuned {report['tuned_mean_reward']:.3f}  "
         f"diff {report['diff']:+.3f} (95% CI {report['diff_ci_low']:+.3f} .. {report['diff_ci_high']:+.3f})  "
@@ -101,14 +139,20 @@ def print_headline(report: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tao-dagster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="materialize all five assets on the configured domain (TAO_DOMAIN, TAO_LOG_DIR, TAO_BASE_MODEL)")
+    demo = sub.add_parser("demo", help="materialize the whole graph on the configured domain (TAO_DOMAIN, TAO_LOGS, TAO_BASE_MODEL)")
+    demo.add_argument("--rounds", type=int, default=1, help="flywheel rounds; the last rounds-1 log files arrive one per later round")
+    demo.add_argument(
+        "--logs-from",
+        default=str(PROJECT_ROOT / "assets" / "banking" / "logs"),
+        help="copy these log files into the log location first ('' to use what is there)",
+    )
     demo.add_argument("--max-eval-prompts", type=int, default=0, help="cap on held-out prompts evaluated (0: all)")
     sub.add_parser("dev", help="start the Dagster UI (dagster dev) on 127.0.0.1:3000 with the project's instance")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     use_project_instance()
     if args.command == "demo":
-        print_headline(run_demo(args.max_eval_prompts))
+        run_demo(args.rounds, args.logs_from, args.max_eval_prompts)
     elif args.command == "dev":
         dagster = Path(sys.executable).with_name("dagster")
         os.execv(dagster, [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1"])

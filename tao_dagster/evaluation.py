@@ -42,6 +42,19 @@ def compare(base: np.ndarray, tuned: np.ndarray) -> dict:
     }
 
 
+def promotion_decision(comparisons: dict[str, dict]) -> tuple[bool, str]:
+    """Promote only if the candidate beats every reference (base, current champion) on the held-out
+    prompts with the 95% CI of the paired reward difference above zero. Returns (promote, why)."""
+    verdicts = []
+    for name, c in comparisons.items():
+        verb = "beats" if c["diff_ci_low"] > 0 else "does not beat"
+        verdicts.append(
+            f"{verb} the {name}: mean reward {c['tuned_mean_reward']:.3f} vs {c['base_mean_reward']:.3f}, "
+            f"diff {c['diff']:+.3f} (95% CI {c['diff_ci_low']:+.3f} .. {c['diff_ci_high']:+.3f}, n={c['n']})"
+        )
+    return all(c["diff_ci_low"] > 0 for c in comparisons.values()), "; ".join(verdicts)
+
+
 def load_labels(path: Path, text_column: str, label_column: str, label_map: dict | None) -> dict[str, str]:
     """Map normalised prompt text to its (optionally coarsened) label."""
     with path.open(newline="", encoding="utf-8") as f:
@@ -145,8 +158,7 @@ def write_report(report: dict, strategy_rows: list[dict], out_dir: Path) -> tupl
             f"{check['base_accuracy']:.3f}, always answering the commonest label ({check['majority_label']}) "
             f"{check['majority_baseline']:.3f}.",
         ]
-    for model in ("base", "tuned"):
-        dist = report["answer_distribution"][model]
+    for model, dist in report["answer_distribution"].items():  # empty when the domain names no answer field
         md += ["", f"Answer distribution, {model}: " + ", ".join(f"{k} {v:.0%}" for k, v in dist.items())]
     md += ["", "## Candidates per exploration strategy", "", markdown_table(strategy_rows)]
     text = "\n".join(md) + "\n"

@@ -4,12 +4,15 @@ Keys (DESIGN.md, "Keys that make it incremental"):
 - prompt: hash of the normalised messages; `prompt_sources` keeps every (partition, file, line) that carried it;
 - candidate: prompt x policy version x strategy x sampling x sample index;
 - score: candidate x scorer name x scorer version;
-- checkpoint: parent policy x algorithm x config x the exact training data.
+- checkpoint: parent policy x algorithm x config x the exact training data;
+- held-out answer: policy version x prompt.
 Each write is one transaction, so a killed write leaves all of its rows or none. Connections are
-short-lived because a DuckDB file admits one writer process at a time.
+short-lived because a DuckDB file admits one process at a time: a process that finds the file locked
+(a sensor reading while a run writes, say) waits for it.
 """
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,9 +42,12 @@ create table if not exists checkpoints (
     data_hash varchar, path varchar, mlflow_run_id varchar, model_version varchar,
     metrics varchar, created_at timestamp default current_timestamp);
 create table if not exists eval_answers (
-    checkpoint_id varchar, prompt_id varchar, model varchar, response varchar,
-    completion_tokens integer, primary key (checkpoint_id, prompt_id, model));
+    policy_version varchar, prompt_id varchar, response varchar, completion_tokens integer,
+    primary key (policy_version, prompt_id));
 """
+
+
+LOCK_WAIT_SECONDS = 300.0
 
 
 class Warehouse:
@@ -53,7 +59,15 @@ class Warehouse:
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = duckdb.connect(str(self.path))
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                con = duckdb.connect(str(self.path))
+                break
+            except duckdb.IOException as err:
+                if "lock" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         try:
             yield con
         finally:

@@ -8,10 +8,12 @@ import dagster as dg
 import psutil
 import pytest
 import yaml
+from dagster_aws.s3 import S3Resource
 
-from tao_dagster.definitions import prompt_assets, round_assets
+from tao_dagster.defs.flywheel import prompt_assets, round_assets
+from tao_dagster.defs.gate import promotion_gate
 from tao_dagster.defs.partitions import log_files
-from tao_dagster.defs.resources import PROJECT_ROOT, DomainResource, MlflowResource, PolicyResource, WarehouseResource
+from tao_dagster.defs.resources import PROJECT_ROOT, DomainResource, LogSourceResource, MlflowResource, PolicyResource, WarehouseResource
 
 from .conftest import MODEL_CACHE
 
@@ -48,7 +50,8 @@ def tiny_demo(tmp_path, monkeypatch):
     monkeypatch.setenv("TAO_HOME", str(tmp_path / "home"))
     return {
         "warehouse": WarehouseResource(path=str(tmp_path / "home" / "warehouse.duckdb")),
-        "domain": DomainResource(domain_file=str(tmp_path / "domain.yaml"), log_dir=str(logs), heldout_fraction=0.35),
+        "domain": DomainResource(domain_file=str(tmp_path / "domain.yaml"), heldout_fraction=0.35, max_eval_prompts=6),
+        "logs": LogSourceResource(location=str(logs), s3=S3Resource()),
         "policy": PolicyResource(base_model="embedded", cache_dir=str(MODEL_CACHE)),
         "mlflow": MlflowResource(
             tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}", artifact_location=(tmp_path / "home" / "mlruns").as_uri()
@@ -58,7 +61,7 @@ def tiny_demo(tmp_path, monkeypatch):
 
 def test_all_five_assets_materialize_with_the_real_model(tiny_demo, tmp_path):
     with dg.instance_for_test() as instance:
-        keys = ["day_1.csv", "day2.csv"]
+        keys = sorted(tiny_demo["logs"].list_files())  # "day 1.csv" gets a sanitised key
         instance.add_dynamic_partitions(log_files.name, keys)
         tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[1]}
         result = dg.materialize(prompt_assets, instance=instance, resources=tiny_demo, tags=tags)
@@ -84,10 +87,7 @@ def test_all_five_assets_materialize_with_the_real_model(tiny_demo, tmp_path):
         assert again.asset_materializations_for_node("candidate_responses")[0].metadata["candidates_generated"].value == 0
 
         run_config = {
-            "ops": {
-                "tuned_checkpoint": {"config": {"batch_size": 4, "min_chosen_reward": 0.0, "min_margin": 0.0, "max_pairs": 8}},
-                "eval_report": {"config": {"max_prompts": 6}},
-            }
+            "ops": {"tuned_checkpoint": {"config": {"batch_size": 4, "min_chosen_reward": 0.0, "min_margin": 0.0, "max_pairs": 8}}}
         }
         result = dg.materialize(round_assets, instance=instance, resources=tiny_demo, run_config=run_config, raise_on_error=False)
         assert result.success
@@ -116,4 +116,20 @@ def test_all_five_assets_materialize_with_the_real_model(tiny_demo, tmp_path):
         assert len(versions) == 1
         run = mlflow.get_run(ckpt["mlflow_run_id"].value)
         assert run.data.params["pairs"] == "8" and "eval_diff" in run.data.metrics
+
+        # The promotion gate on its own (two steps of training may or may not be enough): its decision follows
+        # the CI, is recorded in MLflow, and the alias moves only when it passes.
+        gate_run = dg.materialize(
+            [*round_assets, promotion_gate],
+            instance=instance,
+            resources=tiny_demo,
+            selection=dg.AssetSelection.checks(promotion_gate),
+            raise_on_error=False,
+        )
+        (gate,) = gate_run.get_asset_check_evaluations()
+        assert gate.passed == (gate.metadata["diff_vs_base_ci_low"].value > 0)
+        (version,) = mlflow.MlflowClient().search_model_versions(f"name = '{tiny_demo['mlflow'].registered_model}'")
+        assert version.tags["promotion_gate"] == ("passed" if gate.passed else "failed")
+        assert (tiny_demo["mlflow"].champion_run_id() == run.info.run_id) == gate.passed
+        assert not engine_processes()
     shutil.rmtree(tmp_path / "home" / "mlruns", ignore_errors=True)

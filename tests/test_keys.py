@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from tao_dagster.defs.candidates import candidate_id
-from tao_dagster.defs.partitions import log_files_in, partition_key
+from tao_dagster.defs.partitions import partition_key
 from tao_dagster.domain import load_domain
 
 DEMO_DOMAIN = Path(__file__).parents[1] / "assets" / "banking" / "domain.yaml"
@@ -22,13 +22,12 @@ def test_candidate_key_covers_policy_strategy_settings_and_index():
     assert len({base, *others}) == 6
 
 
-def test_partition_keys_are_sanitised_file_names(tmp_path):
-    assert partition_key(Path("logs/day 1 'prod'.jsonl")) == "day_1__prod_.jsonl"
-    for name in ("a.csv", "b.jsonl", "notes.txt"):
-        (tmp_path / name).write_text("x")
-    assert sorted(log_files_in(tmp_path)) == ["a.csv", "b.jsonl"]
-    with pytest.raises(FileNotFoundError, match="log_dir .* is not a readable folder"):
-        log_files_in(tmp_path / "missing")
+def test_partition_keys_are_sanitised_and_never_shared():
+    assert partition_key("2026-11-02.csv") == "2026-11-02.csv"
+    odd = partition_key("day 1 'prod'.jsonl")
+    assert odd.startswith("day_1__prod_-") and odd.endswith(".jsonl") and len(odd) == len("day_1__prod_-123456.jsonl")
+    assert partition_key("a/b.csv") != partition_key("a_b.csv") == "a_b.csv"
+    assert partition_key("2026/11/07.jsonl") != partition_key("2026/11_07.jsonl")
 
 
 def test_demo_domain_strategies_and_plain_prompt():

@@ -3,10 +3,11 @@
 import json
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
 from tao_dagster.defs.partitions import log_files
 from tao_dagster.defs.prompts import raw_prompts
-from tao_dagster.defs.resources import DomainResource, WarehouseResource
+from tao_dagster.defs.resources import DomainResource, LogSourceResource, WarehouseResource
 
 DOMAIN = "assets/banking/domain.yaml"
 
@@ -27,7 +28,8 @@ def test_raw_prompts_quarantines_and_reconciles(tmp_path):
     (logs / "b.csv").write_text("question\nhello\n")  # no text column: the whole file is quarantined
     (logs / "c.csv").write_text('text\n"How do I top up?"\n"Can I exchange euros?"\n')  # one prompt repeats a.jsonl
     resources = {
-        "domain": DomainResource(domain_file=DOMAIN, log_dir=str(logs), heldout_fraction=0.0),
+        "domain": DomainResource(domain_file=DOMAIN, heldout_fraction=0.0),
+        "logs": LogSourceResource(location=str(logs), s3=S3Resource()),
         "warehouse": WarehouseResource(path=str(tmp_path / "wh.duckdb")),
     }
     keys = ["a.jsonl", "b.csv", "c.csv", "gone.csv"]  # gone.csv: a partition whose file was removed

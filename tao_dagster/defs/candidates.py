@@ -8,8 +8,9 @@ import dagster as dg
 import polars as pl
 
 from tao_dagster.defs.partitions import prompt_partition_asset
+from tao_dagster.defs.policy import current_policy
 from tao_dagster.defs.prompts import raw_prompts
-from tao_dagster.defs.resources import DomainResource, PolicyResource, WarehouseResource
+from tao_dagster.defs.resources import DomainResource, MlflowResource, PolicyResource, WarehouseResource
 from tao_dagster.evaluation import markdown_table
 from tao_dagster.generation import open_engine
 
@@ -22,14 +23,20 @@ def candidate_id(prompt_id: str, policy_version: str, strategy: str, sampling: s
     deps=[raw_prompts],
     kinds={"vllm", "duckdb"},
     description="N candidate responses per training prompt across the domain's exploration strategies and "
-    "sampling settings, from the current policy. Only missing candidates are generated; held-out prompts never are.",
+    "sampling settings, from the current policy (the champion checkpoint once one is promoted, else the base model). "
+    "Only missing candidates are generated; held-out prompts never are.",
 )
 def candidate_responses(
-    context: dg.AssetExecutionContext, domain: DomainResource, policy: PolicyResource, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    domain: DomainResource,
+    policy: PolicyResource,
+    warehouse: WarehouseResource,
+    mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     spec = domain.load()
     db = warehouse.get()
-    version = policy.base_version()
+    current = current_policy(db, policy, mlflow)
+    version = current.version
     keys = list(context.partition_keys)
     prompts = db.query(
         "select prompt_id, messages, first_partition from prompts where not heldout and first_partition in (select unnest(?))", [keys]
@@ -48,7 +55,7 @@ def candidate_responses(
 
     generated, new_tokens, seconds = 0, 0, 0.0
     if todo:
-        with open_engine(policy.base_path(), policy.engine_settings()) as engine:
+        with open_engine(current.path, policy.engine_settings()) as engine:
             start = time.perf_counter()
             outputs = engine.generate([t[5] for t in todo])
             seconds = time.perf_counter() - start

@@ -5,6 +5,7 @@ import json
 import dagster as dg
 import polars as pl
 
+from tao_dagster.defs.policy import current_policy
 from tao_dagster.defs.resources import DomainResource, MlflowResource, PolicyResource, WarehouseResource, tao_home
 from tao_dagster.defs.scores import candidate_rewards, reward_scores
 from tao_dagster.rewards import build_scorers
@@ -19,9 +20,10 @@ class TuneConfig(dg.Config, TrainSettings):
     deps=[dg.AssetDep(reward_scores, partition_mapping=dg.AllPartitionMapping())],
     group_name="tao",
     kinds={"pytorch", "mlflow"},
-    description="The policy tuned with TRL DPO + LoRA on each training prompt's best-versus-worst candidates, "
-    "with the plain prompt (no exploration scaffolding). LoRA merged, saved as a standalone model, logged and "
-    "registered in MLflow. Same parent, settings and pairs give the same checkpoint, which is reused.",
+    description="The current policy (champion, else base) tuned with TRL DPO + LoRA on each training prompt's "
+    "best-versus-worst candidates from that policy, with the plain prompt (no exploration scaffolding). LoRA merged, "
+    "saved as a standalone model, logged and registered in MLflow; the promotion gate decides whether it becomes the "
+    "champion. Same parent, settings and pairs give the same checkpoint, which is reused.",
 )
 def tuned_checkpoint(
     context: dg.AssetExecutionContext,
@@ -34,14 +36,20 @@ def tuned_checkpoint(
     spec = domain.load()
     db = warehouse.get()
     settings = TrainSettings(**config.model_dump())
-    rewards = candidate_rewards(db, build_scorers(spec.scorers))
+    parent = current_policy(db, policy, mlflow)
+    parent_version = parent.version
+    scored = candidate_rewards(db, build_scorers(spec.scorers))
+    # On-policy data only: candidates of an older policy are stale for a round that starts from this one.
+    rewards = scored.filter(pl.col("policy_version") == parent_version)
+    stale = scored.height - rewards.height
+    context.log.info(f"parent {parent_version}: {rewards.height} scored candidates, {stale} from other policies left out")
     pairs = build_pairs(rewards, settings)
     if pairs.height == 0:
         raise ValueError(
-            f"no training pairs among {rewards['prompt_id'].n_unique()} scored prompts: lower min_chosen_reward "
-            f"({settings.min_chosen_reward}) or min_margin ({settings.min_margin}), or add prompts"
+            f"no training pairs among {rewards['prompt_id'].n_unique()} prompts scored under {parent_version} "
+            f"({stale} candidates of other policies are not used): materialize candidate_responses and reward_scores "
+            f"for new partitions, lower min_chosen_reward ({settings.min_chosen_reward}) or min_margin ({settings.min_margin})"
         )
-    parent, parent_version = policy.base_path(), policy.base_version()
     ckpt, data_hash = checkpoint_id(parent_version, settings, pairs)
     out_dir = tao_home() / "checkpoints" / ckpt
     known = db.query("select * from checkpoints where checkpoint_id = ?", [ckpt])
@@ -60,7 +68,7 @@ def tuned_checkpoint(
             }
             for pid, chosen, rejected in pairs.select("prompt_id", "chosen", "rejected").iter_rows()
         ]
-        context.log.info(f"training {ckpt} on {len(records)} pairs from {parent}")
+        context.log.info(f"training {ckpt} on {len(records)} pairs from {parent.path}")
         with mlflow.start_run(run_name=f"dpo-{ckpt}") as run:
             import mlflow as mlf
 
@@ -74,7 +82,7 @@ def tuned_checkpoint(
                     "domain": spec.name,
                 }
             )
-            metrics = train_dpo(parent, records, settings, out_dir, tao_home() / "work" / ckpt)
+            metrics = train_dpo(parent.path, records, settings, out_dir, tao_home() / "work" / ckpt)
             for step, loss in enumerate(metrics["loss_curve"], start=1):
                 mlf.log_metric("train_loss", loss, step=step)
             mlf.log_metrics({k: v for k, v in metrics.items() if k != "loss_curve"})
@@ -108,8 +116,10 @@ def tuned_checkpoint(
     return dg.MaterializeResult(
         metadata={
             "checkpoint_id": ckpt,
+            "parent": parent_version,
             "path": dg.MetadataValue.path(str(out_dir)),
             "pairs": pairs.height,
+            "stale_candidates_left_out": stale,
             "mean_chosen_reward": float(pairs["chosen_reward"].mean()),
             "mean_rejected_reward": float(pairs["rejected_reward"].mean()),
             "train_loss": metrics["train_loss"],

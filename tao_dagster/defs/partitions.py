@@ -1,27 +1,23 @@
 """One dynamic partition per production log file."""
 
+import hashlib
 import re
-from pathlib import Path
 
 import dagster as dg
-
-from tao_dagster.ingest import LOG_SUFFIXES
 
 log_files = dg.DynamicPartitionsDefinition(name="log_files")
 
 
-def partition_key(path: Path) -> str:
-    """A log file's partition key: its name with anything but letters, digits, dot, dash and
-    underscore replaced, since keys appear in URLs, CLI ranges and SQL."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", path.name)
-
-
-def log_files_in(log_dir: str | Path) -> dict[str, Path]:
-    """Partition key -> file, for every log file in the folder."""
-    folder = Path(log_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"log_dir {folder} is not a readable folder: set TAO_LOG_DIR or the domain resource's log_dir")
-    return {partition_key(p): p for p in sorted(folder.iterdir()) if p.suffix.lower() in LOG_SUFFIXES and p.is_file()}
+def partition_key(name: str) -> str:
+    """A log file's partition key: its name (or S3 key below the prefix) with anything but letters, digits,
+    dot, dash and underscore replaced, since keys appear in URLs, CLI ranges and SQL. A name that had to
+    change gets a short hash of the original before its suffix, so two names never share a key."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    if safe == name:
+        return name
+    stem, dot, suffix = safe.rpartition(".")
+    tag = hashlib.sha256(name.encode()).hexdigest()[:6]
+    return f"{stem}-{tag}.{suffix}" if dot else f"{safe}-{tag}"
 
 
 def prompt_partition_asset(**kwargs):

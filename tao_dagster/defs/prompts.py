@@ -1,13 +1,12 @@
 """raw_prompts: production log files -> deduplicated prompts, a held-out slice and a quarantine."""
 
 import json
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
-from tao_dagster.defs.partitions import log_files_in, prompt_partition_asset
-from tao_dagster.defs.resources import DomainResource, WarehouseResource
+from tao_dagster.defs.partitions import prompt_partition_asset
+from tao_dagster.defs.resources import DomainResource, LogSourceResource, WarehouseResource
 from tao_dagster.evaluation import markdown_table
 from tao_dagster.ingest import is_heldout, normalise_text, parse_log_file, prompt_id
 
@@ -17,13 +16,15 @@ from tao_dagster.ingest import is_heldout, normalise_text, parse_log_file, promp
     description="Prompts parsed from one production log file: deduplicated by a hash of the normalised "
     "messages, a deterministic held-out slice set aside for evaluation only, bad rows quarantined with reason.",
 )
-def raw_prompts(context: dg.AssetExecutionContext, domain: DomainResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    files = log_files_in(domain.log_dir)
+def raw_prompts(
+    context: dg.AssetExecutionContext, domain: DomainResource, logs: LogSourceResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
     db = warehouse.get()
-    per_partition = []
+    per_partition, fingerprints = [], {}
     for key in context.partition_keys:
         # A partition whose file has gone is quarantined as unreadable, like any other broken file.
-        parsed = parse_log_file(files.get(key, Path(domain.log_dir) / key), domain.text_column, domain.max_prompt_chars)
+        path, fingerprints[key] = logs.fetch(key)
+        parsed = parse_log_file(path, domain.text_column, domain.max_prompt_chars)
         for bad in parsed.bad:
             context.log.warning(f"{parsed.path}:{bad.line}: quarantined: {bad.reason}")
         seen = set(db.query("select prompt_id from prompts where first_partition <> ?", [key])["prompt_id"])
@@ -74,5 +75,6 @@ def raw_prompts(context: dg.AssetExecutionContext, domain: DomainResource, wareh
             **{k: dg.MetadataValue.int(v) for k, v in totals.items()},
             "dagster/row_count": dg.MetadataValue.int(totals["accepted"]),
             "per_partition": dg.MetadataValue.md(markdown_table(per_partition)),
+            "source_fingerprints": dg.MetadataValue.json(fingerprints),  # what the log sensor compares against
         }
     )

@@ -5,52 +5,15 @@ import json
 
 import dagster as dg
 import polars as pl
-from pydantic import Field
 
 from tao_dagster.defs.checkpoint import tuned_checkpoint
+from tao_dagster.defs.heldout import answer_rewards, heldout_answers, heldout_prompts, pointwise_scorers
+from tao_dagster.defs.policy import base_policy, checkpoint_policy
 from tao_dagster.defs.prompts import raw_prompts
 from tao_dagster.defs.resources import DomainResource, MlflowResource, PolicyResource, WarehouseResource, tao_home
 from tao_dagster.defs.scores import candidate_rewards
-from tao_dagster.domain import Domain
 from tao_dagster.evaluation import answer_distribution, compare, load_labels, outside_check, plot_report, write_report
-from tao_dagster.generation import open_engine
-from tao_dagster.rewards import Scored, build_scorers, combine, extract_field, score_frame
-from tao_dagster.warehouse import Warehouse
-
-
-class EvalConfig(dg.Config):
-    max_prompts: int = Field(0, description="Evaluate at most this many held-out prompts (0: all), in a fixed hashed order.")
-
-
-def answer(
-    db: Warehouse, domain: Domain, policy: PolicyResource, model_path: str, checkpoint: str, model: str, prompts: pl.DataFrame
-) -> pl.DataFrame:
-    """Greedy answers to the plain prompts, generated once per (checkpoint, prompt) and stored."""
-    have = db.query("select prompt_id from eval_answers where checkpoint_id = ? and model = ?", [checkpoint, model])["prompt_id"].to_list()
-    todo = prompts.filter(~pl.col("prompt_id").is_in(have))
-    if todo.height:
-        requests = [domain.plain_request(json.loads(m)) for m in todo["messages"]]
-        with open_engine(model_path, policy.engine_settings()) as engine:
-            outputs = engine.generate(requests)
-        db.upsert(
-            "eval_answers",
-            pl.DataFrame(
-                {
-                    "checkpoint_id": checkpoint,
-                    "prompt_id": todo["prompt_id"],
-                    "model": model,
-                    "response": [o.text for o in outputs],
-                    "completion_tokens": [o.completion_tokens for o in outputs],
-                }
-            ),
-        )
-    return (
-        db.query(
-            "select prompt_id, response, completion_tokens from eval_answers where checkpoint_id = ? and model = ?", [checkpoint, model]
-        )
-        .join(prompts.select("prompt_id", "text"), on="prompt_id")
-        .sort("prompt_id")
-    )
+from tao_dagster.rewards import build_scorers, extract_field
 
 
 @dg.asset(
@@ -72,13 +35,13 @@ def answer(
             description="The tuned model's answers are no longer on average than the base model's.",
         ),
     ],
-    description="Held-out prompts (never trained on) answered greedily with the plain prompt by the base and the tuned "
-    "model, scored by the pointwise scorers: mean rewards, the difference with a 95% bootstrap CI, win rate, output "
-    "tokens, the categorical answer distribution and, where the domain has labels, the outside check.",
+    description="Held-out prompts (never trained on) answered greedily with the plain prompt by the base model and the "
+    "latest tuned checkpoint (once its promotion gate passes), scored by the pointwise scorers: mean rewards, the "
+    "difference with a 95% bootstrap CI, win rate, output tokens, the categorical answer distribution and, where the "
+    "domain has labels, the outside check.",
 )
 def eval_report(
     context: dg.AssetExecutionContext,
-    config: EvalConfig,
     domain: DomainResource,
     policy: PolicyResource,
     warehouse: WarehouseResource,
@@ -89,25 +52,17 @@ def eval_report(
     latest = context.instance.get_latest_materialization_event(tuned_checkpoint.key)
     if latest is None:
         raise ValueError("tuned_checkpoint has never been materialized")
-    ckpt = latest.asset_materialization.metadata["checkpoint_id"].value
+    tuned_policy = checkpoint_policy(db, latest.asset_materialization.metadata["checkpoint_id"].value, mlflow)
+    ckpt = tuned_policy.checkpoint_id
     checkpoint = db.query("select * from checkpoints where checkpoint_id = ?", [ckpt]).row(0, named=True)
 
-    prompts = db.query("select prompt_id, messages, text from prompts where heldout order by prompt_id")
-    if config.max_prompts:
-        prompts = prompts.head(config.max_prompts)
-    if prompts.height == 0:
-        raise ValueError("no held-out prompts: ingest more log files or raise the domain resource's heldout_fraction")
-    base = answer(db, spec, policy, policy.base_path(), policy.base_version(), "base", prompts)
-    tuned = answer(db, spec, policy, checkpoint["path"], ckpt, "tuned", prompts)
-
+    prompts = heldout_prompts(db, domain)
+    base = heldout_answers(db, spec, policy, base_policy(policy), prompts)
+    tuned = heldout_answers(db, spec, policy, tuned_policy, prompts)
     all_scorers = build_scorers(spec.scorers)
-    scorers = [s for s in all_scorers if not s.group]  # one answer per prompt: no group to agree with
-    rewards = {}
-    for model, frame in (("base", base), ("tuned", tuned)):
-        items = [Scored(pid, text, response) for pid, text, response in frame.select("prompt_id", "text", "response").iter_rows()]
-        ids = frame["prompt_id"].to_list()
-        rewards[model] = combine(score_frame(items, ids, scorers), scorers).sort("candidate_id")["reward"].to_numpy()
-    report = {"checkpoint_id": ckpt, **compare(rewards["base"], rewards["tuned"])}
+    scorers = pointwise_scorers(all_scorers)
+    rewards = {"base": answer_rewards(base, scorers), "tuned": answer_rewards(tuned, scorers)}
+    report = {"checkpoint_id": ckpt, "parent": checkpoint["parent"], **compare(rewards["base"], rewards["tuned"])}
     report["base_mean_tokens"] = float(base["completion_tokens"].mean())
     report["tuned_mean_tokens"] = float(tuned["completion_tokens"].mean())
     report["eval_scorers"] = [s.name for s in scorers]
@@ -123,6 +78,7 @@ def eval_report(
 
     strategy_rows = (
         candidate_rewards(db, all_scorers)
+        .filter(pl.col("policy_version") == checkpoint["parent"])
         .group_by("strategy", "sampling")
         .agg(
             pl.len().alias("candidates"),

@@ -5,12 +5,16 @@ a run config file, or the TAO_* environment variables read by `default_resources
 """
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
+from tao_dagster.defs.partitions import partition_key
 from tao_dagster.domain import Domain, load_domain
 from tao_dagster.generation import EngineSettings
+from tao_dagster.ingest import LOG_SUFFIXES
 from tao_dagster.models import resolve_base_model
 from tao_dagster.warehouse import Warehouse
 
@@ -42,16 +46,77 @@ class WarehouseResource(dg.ConfigurableResource):
 
 
 class DomainResource(dg.ConfigurableResource):
-    """The domain (task, strategies, scorers) and the folder its production logs arrive in."""
+    """The domain: task, strategies, scorers, and how its logs are read and evaluated."""
 
     domain_file: str
-    log_dir: str
     text_column: str = "text"
     heldout_fraction: float = 0.3
     max_prompt_chars: int = 4000
+    max_eval_prompts: int = 0  # evaluate at most this many held-out prompts, in a fixed hashed order (0: all)
 
     def load(self) -> Domain:
         return load_domain(self.domain_file)
+
+
+@dataclass(frozen=True)
+class LogFile:
+    """A production log file as the log source lists it."""
+
+    key: str  # its partition key
+    name: str  # path or s3:// URL, for messages
+    fingerprint: str  # size and mtime (local) or ETag and size (S3): changes when the content does
+
+
+class LogSourceResource(dg.ConfigurableResource):
+    """Where production log files arrive: a local folder, or `s3://bucket/prefix` read through dagster-aws's
+    S3Resource (endpoint and credentials from the environment, as boto3 reads them)."""
+
+    location: str
+    s3: S3Resource
+
+    def _bucket_prefix(self) -> tuple[str, str]:
+        bucket, _, prefix = self.location.removeprefix("s3://").partition("/")
+        return bucket, prefix.strip("/") + "/" if prefix.strip("/") else ""
+
+    def list_files(self) -> dict[str, LogFile]:
+        """Partition key -> log file, for every file with a log suffix (sub-folders of a local folder are not read)."""
+        if self.location.startswith("s3://"):
+            from dagster_aws.s3.sensor import get_objects
+
+            bucket, prefix = self._bucket_prefix()
+            try:
+                objects = get_objects(bucket, prefix, client=self.s3.get_client())
+            except Exception as err:
+                raise RuntimeError(f"log location {self.location} could not be listed: {err}") from err
+            named = [(o["Key"].removeprefix(prefix), o) for o in objects]
+            return {
+                partition_key(rel): LogFile(partition_key(rel), f"s3://{bucket}/{o['Key']}", f"{o['ETag'].strip(chr(34))}:{o['Size']}")
+                for rel, o in named
+                if Path(rel).suffix.lower() in LOG_SUFFIXES
+            }
+        folder = Path(self.location)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"log location {folder} is not a readable folder: create it, or set TAO_LOGS or the logs resource")
+        files = {}
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() in LOG_SUFFIXES and path.is_file():
+                stat = path.stat()
+                files[partition_key(path.name)] = LogFile(partition_key(path.name), str(path), f"{stat.st_size}:{stat.st_mtime_ns}")
+        return files
+
+    def fetch(self, key: str) -> tuple[Path, str]:
+        """A local copy of the partition's file and its fingerprint. A file gone since it was listed gives a
+        path that does not exist, which ingestion quarantines like any unreadable file."""
+        found = self.list_files().get(key)
+        if found is None:
+            return Path(self.location.removeprefix("s3://")) / key, ""
+        if not found.name.startswith("s3://"):
+            return Path(found.name), found.fingerprint
+        bucket, _, object_key = found.name.removeprefix("s3://").partition("/")
+        local = tao_home() / "cache" / "logs" / key
+        local.parent.mkdir(parents=True, exist_ok=True)
+        self.s3.get_client().download_file(bucket, object_key, str(local))
+        return local, found.fingerprint
 
 
 class PolicyResource(dg.ConfigurableResource):
@@ -91,30 +156,58 @@ class MlflowResource(dg.ConfigurableResource):
     artifact_location: str = ""
     experiment: str = "tao-dagster"
     registered_model: str = "tao-banking"
+    champion_alias: str = "champion"  # the registered model version the flywheel serves and builds on
 
-    def start_run(self, run_name: str | None = None, run_id: str | None = None):
-        """Start a run, or resume `run_id` to add to it."""
+    def client(self):
         import mlflow
 
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(self.tracking_uri)
+        return mlflow.MlflowClient()
+
+    def champion_run_id(self) -> str | None:
+        """The MLflow run of the model version under the champion alias, or None while the base model serves.
+        Moving the alias in MLflow (a rollback, say) is all it takes to change the champion."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client().get_model_version_by_alias(self.registered_model, self.champion_alias).run_id
+        except MlflowException:  # no registered model yet, or no version under the alias
+            return None
+
+    def promote(self, model_version: str) -> None:
+        self.client().set_registered_model_alias(self.registered_model, self.champion_alias, model_version)
+
+    def start_run(self, run_name: str | None = None, run_id: str | None = None):
+        """Start a run, or resume `run_id` to add to it."""
+        import mlflow
+
+        self.client()
         if mlflow.get_experiment_by_name(self.experiment) is None:
             mlflow.create_experiment(self.experiment, artifact_location=self.artifact_location or None)
         mlflow.set_experiment(self.experiment)
         return mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
 
 
+class FlywheelResource(dg.ConfigurableResource):
+    """When the flywheel schedule starts a tuning round (its cron comes from TAO_ROUND_CRON)."""
+
+    min_new_prompts: int = 50  # training prompts scored under the current policy since the last checkpoint
+
+
 def default_resources() -> dict:
     keep_caches_in_home()
     home = tao_home()
     demo = PROJECT_ROOT / "assets" / "banking"
+    logs = os.environ.get("TAO_LOGS") or str(home / "logs")
+    if "TAO_LOGS" not in os.environ:
+        (home / "logs").mkdir(parents=True, exist_ok=True)
     return {
         "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
-        "domain": DomainResource(
-            domain_file=os.environ.get("TAO_DOMAIN", str(demo / "domain.yaml")),
-            log_dir=os.environ.get("TAO_LOG_DIR", str(demo / "logs")),
-        ),
+        "domain": DomainResource(domain_file=os.environ.get("TAO_DOMAIN", str(demo / "domain.yaml"))),
+        "logs": LogSourceResource(location=logs, s3=S3Resource()),
+        "flywheel": FlywheelResource(min_new_prompts=int(os.environ.get("TAO_ROUND_MIN_NEW_PROMPTS", "50"))),
         "policy": PolicyResource(
             base_model=os.environ.get("TAO_BASE_MODEL", "embedded"),
             cache_dir=str(home / "cache"),

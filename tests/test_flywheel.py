@@ -1,0 +1,138 @@
+"""The flywheel with the tiny random model: sensor -> scored partition -> round -> promotion gate, twice."""
+
+import dagster as dg
+import pytest
+import yaml
+from dagster_aws.s3 import S3Resource
+
+from tao_dagster.defs.flywheel import flywheel_round, new_log_files, prompt_assets, round_assets
+from tao_dagster.defs.gate import promotion_gate
+from tao_dagster.defs.partitions import log_files
+from tao_dagster.defs.policy import champion_policy
+from tao_dagster.defs.resources import (
+    PROJECT_ROOT,
+    DomainResource,
+    FlywheelResource,
+    LogSourceResource,
+    MlflowResource,
+    PolicyResource,
+    WarehouseResource,
+)
+
+BANKING = PROJECT_ROOT / "assets" / "banking"
+
+
+def tick(instance, logs: LogSourceResource, cursor: str | None) -> dg.SensorResult:
+    """One sensor evaluation; like the daemon, add the partitions it asks for (build_sensor_context does not)."""
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"logs": logs}) as context:
+        result = new_log_files(context)
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(log_files.name, list(request.partition_keys))
+    return result
+
+
+@pytest.fixture
+def tiny_flywheel(tmp_path, tiny_model_dir, monkeypatch):
+    """A domain whose only scorer rewards answers that start the JSON object, which a tiny model can learn,
+    and the resources of a fresh project home."""
+    spec = yaml.safe_load((BANKING / "domain.yaml").read_text())
+    spec["max_tokens"] = 8
+    spec["strategies"] = [s for s in spec["strategies"] if s["name"] in ("plain", "json_prefix")]
+    spec["scorers"] = [{"name": "starts_json", "kind": "regex", "pattern": r'^\{"topic": "'}]
+    spec["evaluation"] = {}
+    (tmp_path / "domain.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.setenv("TAO_HOME", str(tmp_path / "home"))
+    (tmp_path / "logs").mkdir()
+    home = tmp_path / "home"
+    return {
+        "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
+        "domain": DomainResource(domain_file=str(tmp_path / "domain.yaml"), heldout_fraction=0.3),
+        "logs": LogSourceResource(location=str(tmp_path / "logs"), s3=S3Resource()),
+        "policy": PolicyResource(base_model=str(tiny_model_dir), cache_dir=str(home / "cache"), engine="transformers"),
+        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", artifact_location=(home / "mlruns").as_uri()),
+        "flywheel": FlywheelResource(min_new_prompts=5),
+    }
+
+
+def write_log(folder, name: str, first: int, count: int) -> None:
+    lines = (BANKING / "logs" / "2026-11-02.csv").read_text().splitlines()
+    (folder / name).write_text("\n".join([lines[0], *lines[1 + first : 1 + first + count]]) + "\n")
+
+
+def round_trigger(instance, resources):
+    """One evaluation of the flywheel schedule."""
+    with dg.build_schedule_context(instance=instance, resources=resources) as context:
+        return flywheel_round(context)
+
+
+def run_round(instance, resources, **train) -> dg.ExecuteInProcessResult:
+    config = {"batch_size": 4, "min_chosen_reward": 0.0, "min_margin": 0.0, "max_pairs": 0, **train}
+    return dg.materialize(
+        [*round_assets, promotion_gate],
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"tuned_checkpoint": {"config": config}}},
+        raise_on_error=False,
+    )
+
+
+def gate_of(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
+    (gate,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "promotion_gate"]
+    return gate
+
+
+def test_two_rounds_build_on_the_champion_and_the_gate_refuses_a_worse_checkpoint(tiny_flywheel, tmp_path):
+    resources = tiny_flywheel
+    logs = resources["logs"]
+    db = resources["warehouse"].get()
+    with dg.instance_for_test() as instance:
+        write_log(tmp_path / "logs", "day1.csv", 0, 30)
+        first = tick(instance, logs, None)
+        assert [r.partition_key for r in first.run_requests] == ["day1.csv"]
+        assert dg.materialize(prompt_assets, instance=instance, resources=resources, partition_key="day1.csv").success
+        base_version = resources["policy"].base_version()
+        day1 = db.query("select count(*) as n from prompts where not heldout")["n"][0]
+        assert db.query("select distinct policy_version from candidates")["policy_version"].to_list() == [base_version]
+
+        request = round_trigger(instance, resources)
+        assert isinstance(request, dg.RunRequest) and request.tags["tao/new_prompts"] == str(day1)
+
+        # Round 1: strong SFT on the chosen answers teaches the tiny model to open the JSON object.
+        round1 = run_round(instance, resources, learning_rate=3e-3, epochs=8, sft_weight=2.0, lora_r=32, lora_alpha=64)
+        gate = gate_of(round1)
+        assert gate.passed, gate.metadata["reason"].value
+        assert gate.metadata["diff_vs_base_ci_low"].value > 0 and "diff_vs_champion" not in gate.metadata
+        assert round1.success and round1.asset_materializations_for_node("eval_report")
+        ckpt1 = round1.asset_materializations_for_node("tuned_checkpoint")[0].metadata["checkpoint_id"].value
+        assert champion_policy(db, resources["mlflow"]).checkpoint_id == ckpt1
+
+        # Nothing new since the checkpoint: the schedule skips.
+        assert isinstance(round_trigger(instance, resources), dg.SkipReason)
+
+        # Day 2 arrives: only its prompts get candidates, from the champion.
+        write_log(tmp_path / "logs", "day2.csv", 30, 30)
+        second = tick(instance, logs, first.cursor)
+        assert [r.partition_key for r in second.run_requests] == ["day2.csv"]
+        before = db.query("select count(*) as n from candidates")["n"][0]
+        scored = dg.materialize(prompt_assets, instance=instance, resources=resources, partition_key="day2.csv")
+        new = db.query("select partition, policy_version, count(*) as n from candidates group by all order by all").rows()
+        assert new == [("day1.csv", base_version, before), ("day2.csv", f"ckpt:{ckpt1}", new[1][2])]
+        assert scored.asset_materializations_for_node("candidate_responses")[0].metadata["candidates_generated"].value == new[1][2]
+        assert isinstance(round_trigger(instance, resources), dg.RunRequest)
+
+        # Round 2 starts from the champion; a destructive learning rate makes it worse, and the gate says so.
+        round2 = run_round(instance, resources, learning_rate=0.5, epochs=2)
+        meta = round2.asset_materializations_for_node("tuned_checkpoint")[0].metadata
+        assert meta["parent"].value == f"ckpt:{ckpt1}" and meta["stale_candidates_left_out"].value == before
+        gate = gate_of(round2)
+        assert not gate.passed and "does not beat the champion" in gate.metadata["reason"].value
+        assert gate.metadata["decision"].value == f"not promoted: ckpt:{ckpt1} stays champion"
+        assert not round2.asset_materializations_for_node("eval_report"), "a refused checkpoint is not reported as the new model"
+        assert champion_policy(db, resources["mlflow"]).checkpoint_id == ckpt1
+
+        client = resources["mlflow"].client()
+        tags = {
+            v.version: v.tags.get("promotion_gate")
+            for v in client.search_model_versions(f"name = '{resources['mlflow'].registered_model}'")
+        }
+        assert sorted(tags.values()) == ["failed", "passed"]
