@@ -1,0 +1,147 @@
+"""The log sensor against a local folder and against a real S3 endpoint (moto in server mode on 127.0.0.1),
+through the same LogSourceResource and dagster-aws S3Resource the product uses."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster_aws.s3 import S3Resource
+
+from tao_dagster.defs.flywheel import new_log_files
+from tao_dagster.defs.partitions import log_files, partition_key
+from tao_dagster.defs.prompts import raw_prompts
+from tao_dagster.defs.resources import PROJECT_ROOT, DomainResource, LogSourceResource, WarehouseResource
+
+DOMAIN = str(PROJECT_ROOT / "assets" / "banking" / "domain.yaml")
+DAY1 = "\n".join(json.dumps({"prompt": p}) for p in ("Where is my card?", "How do I top up?")) + "\n"
+DAY2 = 'text\n"Can I exchange euros?"\n'
+
+
+def tick(instance, logs: LogSourceResource, cursor: str | None) -> dg.SensorResult:
+    """One sensor evaluation; like the daemon, add the partitions it asks for (build_sensor_context does not)."""
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"logs": logs}) as context:
+        result = new_log_files(context)
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(log_files.name, list(request.partition_keys))
+    return result
+
+
+def requested(result: dg.SensorResult) -> list[str]:
+    return sorted(r.partition_key for r in result.run_requests)
+
+
+def sensor_lifecycle(instance, logs: LogSourceResource, put, tmp_path: Path, nested_name: str) -> str:
+    """New files, repeated ticks, a restart with and without the cursor, a changed file, a new one.
+    Returns the last cursor."""
+    put(nested_name, DAY1)
+    put("day 2.csv", DAY2)
+    put("notes.txt", "not a log file")
+    keys = sorted([partition_key(nested_name), partition_key("day 2.csv")])
+
+    first = tick(instance, logs, None)
+    assert requested(first) == keys
+    assert sorted(instance.get_dynamic_partitions(log_files.name)) == keys
+    assert len({r.run_key for r in first.run_requests}) == 2
+    assert requested(tick(instance, logs, first.cursor)) == [], "a repeated tick requests nothing"
+
+    # Ingest both files, then lose the cursor: what was ingested is recognised, not requested again.
+    resources = {
+        "logs": logs,
+        "domain": DomainResource(domain_file=DOMAIN, heldout_fraction=0.0),
+        "warehouse": WarehouseResource(path=str(tmp_path / "wh.duckdb")),
+    }
+    tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+    ingest = dg.materialize([raw_prompts], instance=instance, resources=resources, tags=tags)
+    assert ingest.asset_materializations_for_node("raw_prompts")[0].metadata["accepted"].value == 3
+    restarted = tick(instance, logs, None)
+    assert requested(restarted) == []
+    assert json.loads(restarted.cursor) == json.loads(first.cursor)
+
+    # A changed file is ingested again under the same partition; a new one gets its own.
+    put("day 2.csv", DAY2 + '"What is my PIN?"\n')
+    changed = tick(instance, logs, restarted.cursor)
+    assert requested(changed) == [partition_key("day 2.csv")]
+    assert changed.run_requests[0].run_key != next(r.run_key for r in first.run_requests if r.partition_key == partition_key("day 2.csv"))
+    assert not changed.dynamic_partitions_requests
+    put("day3.jsonl", json.dumps({"prompt": "Close my account"}) + "\n")
+    last = tick(instance, logs, changed.cursor)
+    assert requested(last) == ["day3.jsonl"]
+    return last.cursor
+
+
+def test_sensor_on_a_local_folder(tmp_path):
+    folder = tmp_path / "logs"
+    folder.mkdir()
+
+    def put(name: str, text: str) -> None:
+        path = folder / name
+        path.write_text(text)
+        os.utime(path, ns=(time.time_ns(), time.time_ns()))  # writes within one mtime tick still differ in size
+
+    logs = LogSourceResource(location=str(folder), s3=S3Resource())
+    with dg.instance_for_test() as instance:
+        sensor_lifecycle(instance, logs, put, tmp_path, "2026-11-07 night.jsonl")
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch):
+    """moto's S3 server on a free loopback port, always stopped."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.2)
+        for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
+            monkeypatch.setenv(var, value)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_sensor_on_an_s3_prefix(s3_endpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("TAO_HOME", str(tmp_path / "home"))  # downloaded logs are cached there
+    s3 = S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1")
+    client = s3.get_client()
+    client.create_bucket(Bucket="prod-logs")
+    client.put_object(Bucket="prod-logs", Key="elsewhere/day0.csv", Body=DAY2)  # outside the prefix
+
+    def put(name: str, text: str) -> None:
+        client.put_object(Bucket="prod-logs", Key=f"tao/{name}", Body=text.encode())
+
+    logs = LogSourceResource(location="s3://prod-logs/tao", s3=s3)
+    with dg.instance_for_test() as instance:
+        cursor = sensor_lifecycle(instance, logs, put, tmp_path, "2026/11/07.jsonl")
+        # The same bytes uploaded again keep their ETag: skipped. A change within the same second of
+        # LastModified is still seen, since the sensor compares ETags, not timestamps.
+        put("day3.jsonl", json.dumps({"prompt": "Close my account"}) + "\n")
+        assert requested(tick(instance, logs, cursor)) == []
+        put("day3.jsonl", json.dumps({"prompt": "Close my account now"}) + "\n")
+        assert requested(tick(instance, logs, cursor)) == ["day3.jsonl"]
+
+
+def test_a_missing_bucket_names_the_location(s3_endpoint):
+    logs = LogSourceResource(location="s3://no-such-bucket/logs", s3=S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1"))
+    with pytest.raises(RuntimeError, match="log location s3://no-such-bucket/logs could not be listed"):
+        logs.list_files()
