@@ -23,7 +23,9 @@ def raw_prompts(context: dg.AssetExecutionContext, domain: DomainResource, wareh
     per_partition = []
     for key in context.partition_keys:
         # A partition whose file has gone is quarantined as unreadable, like any other broken file.
-        parsed = parse_log_file(files.get(key, Path(domain.log_dir) / key), domain.text_column, domain.max_prompt_chars)
+        parsed = parse_log_file(
+            files.get(key, Path(domain.log_dir) / key), domain.text_column, domain.max_prompt_chars, domain.long_prompts
+        )
         for bad in parsed.bad:
             context.log.warning(f"{parsed.path}:{bad.line}: quarantined: {bad.reason}")
         seen = set(db.query("select prompt_id from prompts where first_partition <> ?", [key])["prompt_id"])
@@ -62,13 +64,14 @@ def raw_prompts(context: dg.AssetExecutionContext, domain: DomainResource, wareh
             "accepted": len(prompts),
             "duplicates": len(sources) - len(prompts),
             "quarantined": len(parsed.bad),
+            "truncated": sum(row.truncated for row in parsed.rows),
             "heldout": sum(p["heldout"] for p in prompts.values()),
         }
         assert counts["rows_read"] == counts["accepted"] + counts["duplicates"] + counts["quarantined"]
         per_partition.append(counts)
         context.log.info(f"raw_prompts {key}: {counts}")
 
-    totals = {k: sum(c[k] for c in per_partition) for k in ("rows_read", "accepted", "duplicates", "quarantined", "heldout")}
+    totals = {k: sum(c[k] for c in per_partition) for k in ("rows_read", "accepted", "duplicates", "quarantined", "truncated", "heldout")}
     return dg.MaterializeResult(
         metadata={
             **{k: dg.MetadataValue.int(v) for k, v in totals.items()},

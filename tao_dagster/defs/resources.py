@@ -11,6 +11,7 @@ import dagster as dg
 
 from tao_dagster.domain import Domain, load_domain
 from tao_dagster.generation import EngineSettings
+from tao_dagster.ingest import LongPrompts
 from tao_dagster.models import resolve_base_model
 from tao_dagster.warehouse import Warehouse
 
@@ -49,6 +50,7 @@ class DomainResource(dg.ConfigurableResource):
     text_column: str = "text"
     heldout_fraction: float = 0.3
     max_prompt_chars: int = 4000
+    long_prompts: LongPrompts = "skip"  # a prompt over max_prompt_chars: quarantined ("skip") or cut ("truncate")
 
     def load(self) -> Domain:
         return load_domain(self.domain_file)
