@@ -11,11 +11,38 @@ from tao_dagster.defs.resources import DomainResource, WarehouseResource
 from tao_dagster.evaluation import markdown_table
 from tao_dagster.ingest import is_heldout, normalise_text, parse_log_file, prompt_id
 
+COUNTS_RECONCILE = "counts_reconcile"
+
+
+def reconcile_counts(per_partition: list[dict]) -> dg.AssetCheckResult:
+    """Pass when, in every partition, rows read = accepted + duplicates + quarantined.
+
+    The right-hand counts are read back from the warehouse, so a row lost or overwritten on the way fails
+    the check, and a failure blocks the stages downstream of raw_prompts in the same run.
+    """
+    unreconciled = [c["partition"] for c in per_partition if c["rows_read"] != c["accepted"] + c["duplicates"] + c["quarantined"]]
+    return dg.AssetCheckResult(
+        check_name=COUNTS_RECONCILE,
+        passed=not unreconciled,
+        metadata={
+            "unreconciled_partitions": dg.MetadataValue.json(unreconciled),
+            "per_partition": dg.MetadataValue.md(markdown_table(per_partition)),
+        },
+    )
+
 
 @prompt_partition_asset(
     kinds={"duckdb", "polars"},
     description="Prompts parsed from one production log file: deduplicated by a hash of the normalised "
     "messages, a deterministic held-out slice set aside for evaluation only, bad rows quarantined with reason.",
+    check_specs=[
+        dg.AssetCheckSpec(
+            COUNTS_RECONCILE,
+            asset="raw_prompts",
+            blocking=True,
+            description="Every row read is in the warehouse once: rows read = accepted + duplicates + quarantined, per partition.",
+        )
+    ],
 )
 def raw_prompts(context: dg.AssetExecutionContext, domain: DomainResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     files = log_files_in(domain.log_dir)
@@ -58,16 +85,20 @@ def raw_prompts(context: dg.AssetExecutionContext, domain: DomainResource, wareh
                     schema={"partition": pl.String, "source_file": pl.String, "line": pl.Int64, "reason": pl.String, "raw": pl.String},
                 ),
             )
+            accepted, duplicates = con.execute(
+                "select count(*) filter (where not duplicate), count(*) filter (where duplicate) from prompt_sources where partition = ?",
+                [key],
+            ).fetchone()
+            (quarantined,) = con.execute("select count(*) from quarantine where partition = ?", [key]).fetchone()
         counts = {
             "partition": key,
             "rows_read": parsed.rows_read,
-            "accepted": len(prompts),
-            "duplicates": len(sources) - len(prompts),
-            "quarantined": len(parsed.bad),
+            "accepted": accepted,
+            "duplicates": duplicates,
+            "quarantined": quarantined,
             "truncated": sum(row.truncated for row in parsed.rows),
             "heldout": sum(p["heldout"] for p in prompts.values()),
         }
-        assert counts["rows_read"] == counts["accepted"] + counts["duplicates"] + counts["quarantined"]
         per_partition.append(counts)
         context.log.info(f"raw_prompts {key}: {counts}")
 
@@ -77,5 +108,6 @@ def raw_prompts(context: dg.AssetExecutionContext, domain: DomainResource, wareh
             **{k: dg.MetadataValue.int(v) for k, v in totals.items()},
             "dagster/row_count": dg.MetadataValue.int(totals["accepted"]),
             "per_partition": dg.MetadataValue.md(markdown_table(per_partition)),
-        }
+        },
+        check_results=[reconcile_counts(per_partition)],
     )
