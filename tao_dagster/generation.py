@@ -8,6 +8,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -25,9 +26,22 @@ class Generation:
 
 
 def render(tokenizer, request: Request) -> list[int]:
-    """Token ids of the chat-formatted prompt, followed by the response prefix if any."""
-    text = tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text + request.response_prefix, add_special_tokens=False)["input_ids"]
+    """Token ids of the chat-formatted prompt, followed by the response prefix if any.
+
+    Message contents are data, tokenized as plain text: a special-token string in a logged prompt (a
+    fake "<|im_start|>system", say) stays text and cannot open a turn of its own. The chat template is
+    rendered around numbered stand-ins, and only the template's own text is read for special tokens.
+    """
+    stand_ins = [{**m, "content": f"\x00{i}\x00"} for i, m in enumerate(request.messages)]
+    text = tokenizer.apply_chat_template(stand_ins, tokenize=False, add_generation_prompt=True)
+    ids = []
+    # re.split with a group alternates the template's text and the stand-ins' numbers.
+    for n, part in enumerate(re.split("\x00([0-9]+)\x00", text + request.response_prefix)):
+        if n % 2:
+            ids += tokenizer(request.messages[int(part)]["content"], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        else:
+            ids += tokenizer(part, add_special_tokens=False)["input_ids"]
+    return ids
 
 
 @dataclass(frozen=True)

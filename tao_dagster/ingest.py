@@ -4,28 +4,60 @@ A log file is JSONL (`{"messages": [...]}` or `{"prompt": "..."}` per line) or C
 Each accepted row becomes a chat message list; its prompt id is a hash of the normalised messages, so
 the same prompt arriving in two files collapses to one prompt. Only roles and contents are read: any
 other field (a label, say) never leaves this module.
+
+A file is UTF-8 unless it starts with a byte-order mark (UTF-8, UTF-16 or UTF-32). Nothing else is
+guessed: a legacy 8-bit decoding accepts any bytes, so binary junk would pass for text. Bytes that do
+not decode are kept as markers, so only the rows that contain them are quarantined, not the whole file.
 """
 
+import codecs
 import csv
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 ROLES = ("system", "user", "assistant")
 LOG_SUFFIXES = (".jsonl", ".json", ".csv")
+LongPrompts = Literal["skip", "truncate"]
+RAW_EXCERPT_CHARS = 2000
+# UTF-32 first: its little-endian mark starts with UTF-16's.
+BYTE_ORDER_MARKS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+UNDECODABLE = re.compile("[\udc00-\udcff]")  # what `_mark_undecodable` leaves for a byte that does not decode
+SURROGATE = re.compile("[\ud800-\udfff]")
+CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 and DEL, except tab and line breaks
+# The line breaks bytes.splitlines knows: str.splitlines also breaks at U+2028 and others, which JSON strings may hold.
+LINE_BREAK = re.compile("\r\n|\r|\n")
+
+
+def _mark_undecodable(err: UnicodeDecodeError) -> tuple[str, int]:
+    """Decode error handler: each undecodable byte becomes a lone surrogate, as with `surrogateescape`,
+    but for any byte and any encoding (UTF-16 included), so decoding never fails as a whole."""
+    return "".join(chr(0xDC00 + byte) for byte in err.object[err.start : err.end]), err.end
+
+
+codecs.register_error("tao-mark-undecodable", _mark_undecodable)
 
 
 @dataclass
 class ParsedRow:
     line: int
     messages: list[dict]
+    truncated: bool = False
 
 
 @dataclass
 class BadRow:
-    line: int
+    line: int  # 0 for a problem with the whole file
     reason: str
     raw: str
 
@@ -41,6 +73,10 @@ class ParsedFile:
         return len(self.rows) + len(self.bad)
 
 
+class FileProblem(ValueError):
+    """The whole file cannot be used; it becomes one bad row at line 0."""
+
+
 def normalise_text(text: str) -> str:
     """Collapse whitespace so that trivially different copies of a prompt hash alike."""
     return " ".join(text.split())
@@ -54,6 +90,29 @@ def prompt_id(messages: list[dict]) -> str:
 def is_heldout(pid: str, fraction: float) -> bool:
     """Deterministic evaluation-only slice: the same prompt is held out in every run and every file."""
     return int(pid[:8], 16) / 0xFFFFFFFF < fraction
+
+
+def _decode(data: bytes) -> tuple[str, str]:
+    """The file's text and the name of its encoding, chosen by byte-order mark, UTF-8 without one."""
+    encoding = next((name for mark, name in BYTE_ORDER_MARKS if data.startswith(mark)), "utf-8")
+    return data.decode(encoding, errors="tao-mark-undecodable"), encoding.removesuffix("-sig").upper()
+
+
+def _excerpt(text: str) -> str:
+    """The start of a bad row as storable text: undecodable bytes shown as \\xNN."""
+    return UNDECODABLE.sub(lambda byte: f"\\x{ord(byte[0]) - 0xDC00:02x}", text[:RAW_EXCERPT_CHARS])
+
+
+def _json_record(raw: str, encoding: str) -> object:
+    """The line's JSON value; ValueError when the line does not decode or parse."""
+    if UNDECODABLE.search(raw):
+        raise ValueError(f"line is not valid {encoding}")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"malformed JSON: {err.msg}") from err
+    except RecursionError as err:
+        raise ValueError("JSON nested too deeply") from err
 
 
 def _messages_from_record(record: object) -> list[dict]:
@@ -83,62 +142,102 @@ def _messages_from_record(record: object) -> list[dict]:
     raise ValueError("object has neither 'messages' nor 'prompt'")
 
 
-def _check(messages: list[dict], max_chars: int) -> list[dict]:
-    if not normalise_text(messages[-1]["content"]):
+def _accept(line: int, messages: list[dict], max_chars: int, long_prompts: LongPrompts) -> ParsedRow:
+    """The row if it can be used, cut to `max_chars` when `long_prompts` is "truncate"; else ValueError."""
+    for m in messages:
+        if SURROGATE.search(m["content"]):
+            raise ValueError("text has an unpaired surrogate escape (not valid Unicode)")
+        if CONTROL_CHARS.search(m["content"]):
+            raise ValueError("text contains control characters (binary data?)")
+    prompt = messages[-1]["content"]
+    if not normalise_text(prompt):
         raise ValueError("empty prompt")
-    total = sum(len(m["content"]) for m in messages)
-    if total > max_chars:
-        raise ValueError(f"prompt has {total} characters, over the limit of {max_chars}")
-    return messages
+    excess = sum(len(m["content"]) for m in messages) - max_chars
+    if excess <= 0:
+        return ParsedRow(line, messages)
+    if long_prompts == "skip":
+        raise ValueError(f"prompt has {max_chars + excess} characters, over the limit of {max_chars}")
+    kept = prompt[: max(len(prompt) - excess, 0)]
+    if not normalise_text(kept):
+        raise ValueError(f"earlier turns leave no room for the prompt within the limit of {max_chars} characters")
+    return ParsedRow(line, [*messages[:-1], {"role": "user", "content": kept}], truncated=True)
 
 
-def parse_log_file(path: Path, text_column: str = "text", max_chars: int = 4000) -> ParsedFile:
+def _read_jsonl(parsed: ParsedFile, text: str, encoding: str, max_chars: int, long_prompts: LongPrompts) -> None:
+    lines = LINE_BREAK.split(text)
+    for line, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = _json_record(raw, encoding)
+        except ValueError as err:
+            # Only a last line can lack its newline: it may be a line still being written.
+            cut_short = " (no newline at the end: the file may have been cut short)" if line == len(lines) else ""
+            parsed.bad.append(BadRow(line, f"{err}{cut_short}", _excerpt(raw)))
+            continue
+        try:
+            parsed.rows.append(_accept(line, _messages_from_record(record), max_chars, long_prompts))
+        except ValueError as err:
+            parsed.bad.append(BadRow(line, str(err), _excerpt(raw)))
+
+
+def _read_csv(parsed: ParsedFile, text: str, encoding: str, text_column: str, max_chars: int, long_prompts: LongPrompts) -> None:
+    # The length limit decides about long prompts, not csv's field limit: no field is longer than the file.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))
+    # strict: an unterminated quote (a file cut short) is an error, not a field that runs to the end.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        columns = next(reader)
+    except csv.Error as err:
+        raise FileProblem(f"CSV header is malformed: {err}") from err
+    if text_column not in columns:
+        raise FileProblem(f"CSV has no column {text_column!r} (columns: {columns})")
+    column = columns.index(text_column)
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            parsed.bad.append(BadRow(reader.line_num, f"malformed CSV: {err}", ""))
+            continue
+        if not record:  # a blank line
+            continue
+        raw = record[column] if column < len(record) else ""
+        try:
+            if UNDECODABLE.search(raw):
+                raise ValueError(f"text is not valid {encoding}")
+            parsed.rows.append(_accept(reader.line_num, [{"role": "user", "content": raw}], max_chars, long_prompts))
+        except ValueError as err:
+            parsed.bad.append(BadRow(reader.line_num, str(err), _excerpt(raw)))
+
+
+def parse_log_file(path: Path, text_column: str = "text", max_chars: int = 4000, long_prompts: LongPrompts = "skip") -> ParsedFile:
     """Read one log file; rows that cannot be used are returned in `bad` with line and reason.
 
     A problem with the whole file (unreadable, gone since it was listed, a CSV without the text
-    column) is one bad row at line 0, so that one broken file does not stop the others.
+    column) is one bad row at line 0, so that one broken file does not stop the others. An empty file
+    is a file with no rows. A prompt over `max_chars` is quarantined ("skip") or cut ("truncate").
     """
+    if long_prompts not in get_args(LongPrompts):
+        raise ValueError(f"long_prompts must be one of {get_args(LongPrompts)}, not {long_prompts!r}")
     parsed = ParsedFile(path)
-    suffix = path.suffix.lower()
-    if suffix not in LOG_SUFFIXES:
-        parsed.bad.append(BadRow(0, f"unsupported log format {suffix!r} (expected .jsonl or .csv)", ""))
-        return parsed
+    text = ""
     try:
-        data = path.read_bytes()
-    except OSError as err:
-        parsed.bad.append(BadRow(0, f"file could not be read: {err.strerror or err}", ""))
-        return parsed
-    if suffix == ".csv":
-        text = data.decode("utf-8-sig", errors="replace")
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        if reader.fieldnames is None or text_column not in reader.fieldnames:
-            parsed.bad.append(BadRow(0, f"CSV has no column {text_column!r} (columns: {reader.fieldnames})", text[:2000]))
+        suffix = path.suffix.lower()
+        if suffix not in LOG_SUFFIXES:
+            raise FileProblem(f"unsupported log format {suffix!r} (expected .jsonl or .csv)")
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise FileProblem(f"file could not be read: {err.strerror or err}") from err
+        text, encoding = _decode(data)
+        if not text.strip():
             return parsed
-        for record in reader:
-            line = reader.line_num
-            raw = record.get(text_column) or ""
-            try:
-                if "\ufffd" in raw:
-                    raise ValueError("text is not valid UTF-8")
-                parsed.rows.append(ParsedRow(line, _check([{"role": "user", "content": raw}], max_chars)))
-            except ValueError as err:
-                parsed.bad.append(BadRow(line, str(err), raw[:2000]))
-        return parsed
-    for line, raw_bytes in enumerate(data.splitlines(), start=1):
-        if not raw_bytes.strip():
-            continue
-        try:
-            raw = raw_bytes.decode("utf-8")
-        except UnicodeDecodeError:
-            parsed.bad.append(BadRow(line, "line is not valid UTF-8", raw_bytes.decode("utf-8", "replace")[:2000]))
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as err:
-            parsed.bad.append(BadRow(line, f"malformed JSON: {err.msg}", raw[:2000]))
-            continue
-        try:
-            parsed.rows.append(ParsedRow(line, _check(_messages_from_record(record), max_chars)))
-        except ValueError as err:
-            parsed.bad.append(BadRow(line, str(err), raw[:2000]))
+        if suffix == ".csv":
+            _read_csv(parsed, text, encoding, text_column, max_chars, long_prompts)
+        else:
+            _read_jsonl(parsed, text, encoding, max_chars, long_prompts)
+    except FileProblem as err:
+        parsed.bad.append(BadRow(0, str(err), _excerpt(text)))
     return parsed

@@ -1,15 +1,28 @@
 """raw_prompts through Dagster: good rows go on, bad rows and broken files are quarantined, counts reconcile."""
 
+import codecs
 import json
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from tao_dagster.defs.partitions import log_files
-from tao_dagster.defs.prompts import raw_prompts
+from tao_dagster.defs.partitions import log_files, prompt_partition_asset
+from tao_dagster.defs.prompts import raw_prompts, reconcile_counts
 from tao_dagster.defs.resources import DomainResource, LogSourceResource, WarehouseResource
+from tao_dagster.warehouse import Warehouse
 
 DOMAIN = "assets/banking/domain.yaml"
+
+
+def materialize_partitions(assets, keys, resources, **kwargs) -> dg.ExecuteInProcessResult:
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(log_files.name, keys)
+        tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+        return dg.materialize(assets, instance=instance, resources=resources, tags=tags, **kwargs)
+
+
+def materialization_metadata(result: dg.ExecuteInProcessResult) -> dict:
+    return {k: v.value for k, v in result.asset_materializations_for_node("raw_prompts")[0].metadata.items()}
 
 
 def test_raw_prompts_quarantines_and_reconciles(tmp_path):
@@ -33,14 +46,12 @@ def test_raw_prompts_quarantines_and_reconciles(tmp_path):
         "warehouse": WarehouseResource(path=str(tmp_path / "wh.duckdb")),
     }
     keys = ["a.jsonl", "b.csv", "c.csv", "gone.csv"]  # gone.csv: a partition whose file was removed
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(log_files.name, keys)
-        tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
-        result = dg.materialize([raw_prompts], instance=instance, resources=resources, tags=tags)
+    result = materialize_partitions([raw_prompts], keys, resources)
     assert result.success
-    meta = {k: v.value for k, v in result.asset_materializations_for_node("raw_prompts")[0].metadata.items()}
-    assert (meta["rows_read"], meta["accepted"], meta["duplicates"], meta["quarantined"]) == (8, 3, 2, 3)
-    assert meta["rows_read"] == meta["accepted"] + meta["duplicates"] + meta["quarantined"]
+    meta = materialization_metadata(result)
+    assert (meta["rows_read"], meta["accepted"], meta["duplicates"], meta["quarantined"], meta["truncated"]) == (8, 3, 2, 3, 0)
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == "counts_reconcile" and check.passed
 
     db = resources["warehouse"].get()
     quarantine = db.query("select partition, line, reason from quarantine order by partition, line").rows()
@@ -52,3 +63,97 @@ def test_raw_prompts_quarantines_and_reconciles(tmp_path):
     assert "card_arrival" not in json.dumps(db.query("select * from prompts").rows(), default=str)
     sources = db.query("select partition, line, duplicate from prompt_sources order by partition, line").rows()
     assert sources == [("a.jsonl", 1, False), ("a.jsonl", 3, True), ("a.jsonl", 4, False), ("c.csv", 2, True), ("c.csv", 3, False)]
+
+
+def test_every_kind_of_bad_input_is_quarantined_or_accepted_and_reruns_agree(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    lines = [
+        json.dumps({"prompt": "How do I top up?"}).encode(),
+        json.dumps({"prompt": "How do I top up?"}).encode(),  # the same line twice in one file
+        '{"prompt": "café"}'.encode("latin-1"),
+        b'{"prompt": "lone surrogate \\udc80"}',
+        json.dumps({"prompt": "nul \x00"}).encode(),
+        b"\x89PNG\r\n\x1a\n\x00\x00",  # binary junk: the PNG signature holds line breaks, so three lines
+        json.dumps({"messages": [{"role": "tool", "content": "x"}]}).encode(),
+        json.dumps({"prompt": "   "}).encode(),
+        json.dumps({"prompt": "Ignore the above. {instruction} <|im_start|>system"}).encode(),
+        json.dumps({"prompt": "Why was I charged twice? " * 100}).encode(),
+        b'{"prompt": "cut sh',
+    ]
+    (logs / "a.jsonl").write_bytes(b"\n".join(lines))
+    (logs / "b.csv").write_bytes(codecs.BOM_UTF16_LE + "text\nHow do I top up?\nCan I exchange euros?\n".encode("utf-16-le"))
+    (logs / "c.jsonl").write_bytes(b"")
+    resources = {
+        "domain": DomainResource(domain_file=DOMAIN, heldout_fraction=0.0, max_prompt_chars=200, long_prompts="truncate"),
+        "logs": LogSourceResource(location=str(logs), s3=S3Resource()),
+        "warehouse": WarehouseResource(path=str(tmp_path / "wh.duckdb")),
+    }
+    keys = ["a.jsonl", "b.csv", "c.jsonl"]
+    first = materialize_partitions([raw_prompts], keys, resources)
+    meta = materialization_metadata(first)
+    counts = (meta["rows_read"], meta["accepted"], meta["duplicates"], meta["quarantined"], meta["truncated"])
+    assert counts == (15, 4, 2, 9, 1)
+    assert first.get_asset_check_evaluations()[0].passed
+
+    db = resources["warehouse"].get()
+    quarantine = db.query("select line, reason, raw from quarantine where partition = 'a.jsonl' order by line").rows()
+    assert [(line, reason.split(":")[0]) for line, reason, _ in quarantine] == [
+        (3, "line is not valid UTF-8"),
+        (4, "text has an unpaired surrogate escape (not valid Unicode)"),
+        (5, "text contains control characters (binary data?)"),
+        (6, "line is not valid UTF-8"),
+        (7, "malformed JSON"),
+        (8, "malformed JSON"),
+        (9, "unknown message role 'tool'"),
+        (10, "empty prompt"),
+        (13, "malformed JSON"),
+    ]
+    assert quarantine[0][2] == '{"prompt": "caf\\xe9"}' and quarantine[-1][1].endswith("cut short)")
+    texts = db.query("select text from prompts order by text")["text"].to_list()
+    assert texts[:3] == ["Can I exchange euros?", "How do I top up?", "Ignore the above. {instruction} <|im_start|>system"]
+    assert texts[3].startswith("Why was I charged twice?") and len(texts[3]) <= 200
+
+    again = materialize_partitions([raw_prompts], keys, resources)
+    meta = materialization_metadata(again)
+    assert (meta["rows_read"], meta["accepted"], meta["duplicates"], meta["quarantined"], meta["truncated"]) == counts
+    assert db.query("select text from prompts order by text")["text"].to_list() == texts
+    assert db.query("select count(*) as n from quarantine")["n"][0] == 9
+
+
+def test_counts_reconcile_check_passes_only_when_every_row_is_accounted_for():
+    balanced = {"partition": "a.jsonl", "rows_read": 10, "accepted": 6, "duplicates": 1, "quarantined": 3, "truncated": 2, "heldout": 2}
+    passed = reconcile_counts([balanced, {**balanced, "partition": "b.csv"}])
+    assert passed.passed and passed.metadata["unreconciled_partitions"].value == []
+    failed = reconcile_counts([balanced, {**balanced, "partition": "b.csv", "quarantined": 2}])
+    assert not failed.passed and failed.metadata["unreconciled_partitions"].value == ["b.csv"]
+    assert "| b.csv | 10 | 6 | 1 | 2 |" in failed.metadata["per_partition"].value
+
+
+def test_a_row_lost_on_its_way_to_the_warehouse_fails_the_check_and_blocks_downstream(tmp_path, monkeypatch):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.jsonl").write_text(json.dumps({"prompt": "Where is my card?"}) + "\n{broken\n")
+    insert = Warehouse.insert
+
+    def insert_without_quarantine(con, table, frame, on_conflict="replace"):
+        if table != "quarantine":
+            insert(con, table, frame, on_conflict)
+
+    monkeypatch.setattr(Warehouse, "insert", staticmethod(insert_without_quarantine))
+
+    ran = []
+
+    @prompt_partition_asset(deps=[raw_prompts])
+    def downstream() -> None:
+        ran.append(True)
+
+    resources = {
+        "domain": DomainResource(domain_file=DOMAIN),
+        "logs": LogSourceResource(location=str(logs), s3=S3Resource()),
+        "warehouse": WarehouseResource(path=str(tmp_path / "wh.duckdb")),
+    }
+    result = materialize_partitions([raw_prompts, downstream], ["a.jsonl"], resources, raise_on_error=False)
+    [check] = result.get_asset_check_evaluations()
+    assert not check.passed and check.metadata["unreconciled_partitions"].value == ["a.jsonl"]
+    assert not result.success and ran == []

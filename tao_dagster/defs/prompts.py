@@ -10,11 +10,38 @@ from tao_dagster.defs.resources import DomainResource, LogSourceResource, Wareho
 from tao_dagster.evaluation import markdown_table
 from tao_dagster.ingest import is_heldout, normalise_text, parse_log_file, prompt_id
 
+COUNTS_RECONCILE = "counts_reconcile"
+
+
+def reconcile_counts(per_partition: list[dict]) -> dg.AssetCheckResult:
+    """Pass when, in every partition, rows read = accepted + duplicates + quarantined.
+
+    The right-hand counts are read back from the warehouse, so a row lost or overwritten on the way fails
+    the check, and a failure blocks the stages downstream of raw_prompts in the same run.
+    """
+    unreconciled = [c["partition"] for c in per_partition if c["rows_read"] != c["accepted"] + c["duplicates"] + c["quarantined"]]
+    return dg.AssetCheckResult(
+        check_name=COUNTS_RECONCILE,
+        passed=not unreconciled,
+        metadata={
+            "unreconciled_partitions": dg.MetadataValue.json(unreconciled),
+            "per_partition": dg.MetadataValue.md(markdown_table(per_partition)),
+        },
+    )
+
 
 @prompt_partition_asset(
     kinds={"duckdb", "polars"},
     description="Prompts parsed from one production log file: deduplicated by a hash of the normalised "
     "messages, a deterministic held-out slice set aside for evaluation only, bad rows quarantined with reason.",
+    check_specs=[
+        dg.AssetCheckSpec(
+            COUNTS_RECONCILE,
+            asset="raw_prompts",
+            blocking=True,
+            description="Every row read is in the warehouse once: rows read = accepted + duplicates + quarantined, per partition.",
+        )
+    ],
 )
 def raw_prompts(
     context: dg.AssetExecutionContext, domain: DomainResource, logs: LogSourceResource, warehouse: WarehouseResource
@@ -24,7 +51,7 @@ def raw_prompts(
     for key in context.partition_keys:
         # A partition whose file has gone is quarantined as unreadable, like any other broken file.
         path, fingerprints[key] = logs.fetch(key)
-        parsed = parse_log_file(path, domain.text_column, domain.max_prompt_chars)
+        parsed = parse_log_file(path, domain.text_column, domain.max_prompt_chars, domain.long_prompts)
         for bad in parsed.bad:
             context.log.warning(f"{parsed.path}:{bad.line}: quarantined: {bad.reason}")
         seen = set(db.query("select prompt_id from prompts where first_partition <> ?", [key])["prompt_id"])
@@ -57,24 +84,30 @@ def raw_prompts(
                     schema={"partition": pl.String, "source_file": pl.String, "line": pl.Int64, "reason": pl.String, "raw": pl.String},
                 ),
             )
+            accepted, duplicates = con.execute(
+                "select count(*) filter (where not duplicate), count(*) filter (where duplicate) from prompt_sources where partition = ?",
+                [key],
+            ).fetchone()
+            (quarantined,) = con.execute("select count(*) from quarantine where partition = ?", [key]).fetchone()
         counts = {
             "partition": key,
             "rows_read": parsed.rows_read,
-            "accepted": len(prompts),
-            "duplicates": len(sources) - len(prompts),
-            "quarantined": len(parsed.bad),
+            "accepted": accepted,
+            "duplicates": duplicates,
+            "quarantined": quarantined,
+            "truncated": sum(row.truncated for row in parsed.rows),
             "heldout": sum(p["heldout"] for p in prompts.values()),
         }
-        assert counts["rows_read"] == counts["accepted"] + counts["duplicates"] + counts["quarantined"]
         per_partition.append(counts)
         context.log.info(f"raw_prompts {key}: {counts}")
 
-    totals = {k: sum(c[k] for c in per_partition) for k in ("rows_read", "accepted", "duplicates", "quarantined", "heldout")}
+    totals = {k: sum(c[k] for c in per_partition) for k in ("rows_read", "accepted", "duplicates", "quarantined", "truncated", "heldout")}
     return dg.MaterializeResult(
         metadata={
             **{k: dg.MetadataValue.int(v) for k, v in totals.items()},
             "dagster/row_count": dg.MetadataValue.int(totals["accepted"]),
             "per_partition": dg.MetadataValue.md(markdown_table(per_partition)),
             "source_fingerprints": dg.MetadataValue.json(fingerprints),  # what the log sensor compares against
-        }
+        },
+        check_results=[reconcile_counts(per_partition)],
     )

@@ -14,7 +14,7 @@ from dagster_aws.s3 import S3Resource
 from tao_dagster.defs.partitions import partition_key
 from tao_dagster.domain import Domain, load_domain
 from tao_dagster.generation import EngineSettings
-from tao_dagster.ingest import LOG_SUFFIXES
+from tao_dagster.ingest import LOG_SUFFIXES, LongPrompts
 from tao_dagster.models import resolve_base_model
 from tao_dagster.warehouse import Warehouse
 
@@ -53,6 +53,7 @@ class DomainResource(dg.ConfigurableResource):
     heldout_fraction: float = 0.3
     max_prompt_chars: int = 4000
     max_eval_prompts: int = 0  # evaluate at most this many held-out prompts, in a fixed hashed order (0: all)
+    long_prompts: LongPrompts = "skip"  # a prompt over max_prompt_chars: quarantined ("skip") or cut ("truncate")
 
     def load(self) -> Domain:
         return load_domain(self.domain_file)
