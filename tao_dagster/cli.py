@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         help="copy these log files into the log location first ('' to use what is there)",
     )
     demo.add_argument("--max-eval-prompts", type=int, default=0, help="cap on held-out prompts evaluated (0: all)")
-    sub.add_parser("dev", help="start the Dagster UI (dagster dev) on 127.0.0.1:3000 with the project's instance")
+    dev = sub.add_parser("dev", help="start the Dagster UI, daemon, sensor and schedule (dagster dev) with the project's instance")
+    dev.add_argument("--port", type=int, default=3000, help="UI and GraphQL port on 127.0.0.1")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     use_project_instance()
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         run_demo(args.rounds, args.logs_from, args.max_eval_prompts)
     elif args.command == "dev":
         dagster = Path(sys.executable).with_name("dagster")
-        os.execv(dagster, [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1"])
+        os.execv(dagster, [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.port)])
 
 
 if __name__ == "__main__":

@@ -3,13 +3,38 @@ from a config with the embedded tokenizer, for tests where the model's quality d
 
 from pathlib import Path
 
+import dagster as dg
 import pytest
+import yaml
 
-from tao_dagster.defs.resources import PROJECT_ROOT
+from tao_dagster.defs.flywheel import new_log_files
+from tao_dagster.defs.partitions import log_files
+from tao_dagster.defs.resources import PROJECT_ROOT, LogSourceResource
 from tao_dagster.models import resolve_base_model
 
 # The same cache the demo uses: the GGUF conversion (about 25 s) happens once per machine.
 MODEL_CACHE = PROJECT_ROOT / ".tao_home" / "cache"
+BANKING = PROJECT_ROOT / "assets" / "banking"
+
+
+def write_banking_log(path: Path, first: int, count: int) -> None:
+    """A CSV log of `count` real banking queries, starting at query `first` of the demo's first day."""
+    lines = (BANKING / "logs" / "2026-11-02.csv").read_text().splitlines()
+    path.write_text("\n".join([lines[0], *lines[1 + first : 1 + first + count]]) + "\n")
+
+
+@pytest.fixture
+def learnable_domain_file(tmp_path) -> Path:
+    """The banking domain cut down for the tiny model: two strategies, 8 tokens, and one scorer that rewards
+    answers opening the JSON object, which a tiny model can learn in a few steps."""
+    spec = yaml.safe_load((BANKING / "domain.yaml").read_text())
+    spec["max_tokens"] = 8
+    spec["strategies"] = [s for s in spec["strategies"] if s["name"] in ("plain", "json_prefix")]
+    spec["scorers"] = [{"name": "starts_json", "kind": "regex", "pattern": r'^\{"topic": "'}]
+    spec["evaluation"] = {}
+    path = tmp_path / "domain.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +66,12 @@ def tiny_model_dir(embedded_model_dir, tmp_path_factory) -> Path:
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def sensor_tick(instance, logs: LogSourceResource, cursor: str | None) -> dg.SensorResult:
+    """One sensor evaluation; like the daemon, add the partitions it asks for (build_sensor_context does not)."""
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"logs": logs}) as context:
+        result = new_log_files(context)
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(log_files.name, list(request.partition_keys))
+    return result

@@ -2,15 +2,12 @@
 
 import dagster as dg
 import pytest
-import yaml
 from dagster_aws.s3 import S3Resource
 
-from tao_dagster.defs.flywheel import flywheel_round, new_log_files, prompt_assets, round_assets
+from tao_dagster.defs.flywheel import flywheel_round, prompt_assets, round_assets
 from tao_dagster.defs.gate import promotion_gate
-from tao_dagster.defs.partitions import log_files
 from tao_dagster.defs.policy import champion_policy
 from tao_dagster.defs.resources import (
-    PROJECT_ROOT,
     DomainResource,
     FlywheelResource,
     LogSourceResource,
@@ -19,44 +16,23 @@ from tao_dagster.defs.resources import (
     WarehouseResource,
 )
 
-BANKING = PROJECT_ROOT / "assets" / "banking"
-
-
-def tick(instance, logs: LogSourceResource, cursor: str | None) -> dg.SensorResult:
-    """One sensor evaluation; like the daemon, add the partitions it asks for (build_sensor_context does not)."""
-    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"logs": logs}) as context:
-        result = new_log_files(context)
-    for request in result.dynamic_partitions_requests:
-        instance.add_dynamic_partitions(log_files.name, list(request.partition_keys))
-    return result
+from .conftest import sensor_tick, write_banking_log
 
 
 @pytest.fixture
-def tiny_flywheel(tmp_path, tiny_model_dir, monkeypatch):
-    """A domain whose only scorer rewards answers that start the JSON object, which a tiny model can learn,
-    and the resources of a fresh project home."""
-    spec = yaml.safe_load((BANKING / "domain.yaml").read_text())
-    spec["max_tokens"] = 8
-    spec["strategies"] = [s for s in spec["strategies"] if s["name"] in ("plain", "json_prefix")]
-    spec["scorers"] = [{"name": "starts_json", "kind": "regex", "pattern": r'^\{"topic": "'}]
-    spec["evaluation"] = {}
-    (tmp_path / "domain.yaml").write_text(yaml.safe_dump(spec))
+def tiny_flywheel(tmp_path, tiny_model_dir, learnable_domain_file, monkeypatch):
+    """The resources of a fresh project home with the tiny model and a domain it can learn."""
     monkeypatch.setenv("TAO_HOME", str(tmp_path / "home"))
     (tmp_path / "logs").mkdir()
     home = tmp_path / "home"
     return {
         "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
-        "domain": DomainResource(domain_file=str(tmp_path / "domain.yaml"), heldout_fraction=0.3),
+        "domain": DomainResource(domain_file=str(learnable_domain_file), heldout_fraction=0.3),
         "logs": LogSourceResource(location=str(tmp_path / "logs"), s3=S3Resource()),
         "policy": PolicyResource(base_model=str(tiny_model_dir), cache_dir=str(home / "cache"), engine="transformers"),
         "mlflow": MlflowResource(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", artifact_location=(home / "mlruns").as_uri()),
         "flywheel": FlywheelResource(min_new_prompts=5),
     }
-
-
-def write_log(folder, name: str, first: int, count: int) -> None:
-    lines = (BANKING / "logs" / "2026-11-02.csv").read_text().splitlines()
-    (folder / name).write_text("\n".join([lines[0], *lines[1 + first : 1 + first + count]]) + "\n")
 
 
 def round_trigger(instance, resources):
@@ -86,8 +62,8 @@ def test_two_rounds_build_on_the_champion_and_the_gate_refuses_a_worse_checkpoin
     logs = resources["logs"]
     db = resources["warehouse"].get()
     with dg.instance_for_test() as instance:
-        write_log(tmp_path / "logs", "day1.csv", 0, 30)
-        first = tick(instance, logs, None)
+        write_banking_log(tmp_path / "logs" / "day1.csv", 0, 30)
+        first = sensor_tick(instance, logs, None)
         assert [r.partition_key for r in first.run_requests] == ["day1.csv"]
         assert dg.materialize(prompt_assets, instance=instance, resources=resources, partition_key="day1.csv").success
         base_version = resources["policy"].base_version()
@@ -110,8 +86,8 @@ def test_two_rounds_build_on_the_champion_and_the_gate_refuses_a_worse_checkpoin
         assert isinstance(round_trigger(instance, resources), dg.SkipReason)
 
         # Day 2 arrives: only its prompts get candidates, from the champion.
-        write_log(tmp_path / "logs", "day2.csv", 30, 30)
-        second = tick(instance, logs, first.cursor)
+        write_banking_log(tmp_path / "logs" / "day2.csv", 30, 30)
+        second = sensor_tick(instance, logs, first.cursor)
         assert [r.partition_key for r in second.run_requests] == ["day2.csv"]
         before = db.query("select count(*) as n from candidates")["n"][0]
         scored = dg.materialize(prompt_assets, instance=instance, resources=resources, partition_key="day2.csv")

@@ -14,23 +14,15 @@ import dagster as dg
 import pytest
 from dagster_aws.s3 import S3Resource
 
-from tao_dagster.defs.flywheel import new_log_files
 from tao_dagster.defs.partitions import log_files, partition_key
 from tao_dagster.defs.prompts import raw_prompts
 from tao_dagster.defs.resources import PROJECT_ROOT, DomainResource, LogSourceResource, WarehouseResource
 
+from .conftest import sensor_tick
+
 DOMAIN = str(PROJECT_ROOT / "assets" / "banking" / "domain.yaml")
 DAY1 = "\n".join(json.dumps({"prompt": p}) for p in ("Where is my card?", "How do I top up?")) + "\n"
 DAY2 = 'text\n"Can I exchange euros?"\n'
-
-
-def tick(instance, logs: LogSourceResource, cursor: str | None) -> dg.SensorResult:
-    """One sensor evaluation; like the daemon, add the partitions it asks for (build_sensor_context does not)."""
-    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"logs": logs}) as context:
-        result = new_log_files(context)
-    for request in result.dynamic_partitions_requests:
-        instance.add_dynamic_partitions(log_files.name, list(request.partition_keys))
-    return result
 
 
 def requested(result: dg.SensorResult) -> list[str]:
@@ -45,11 +37,11 @@ def sensor_lifecycle(instance, logs: LogSourceResource, put, tmp_path: Path, nes
     put("notes.txt", "not a log file")
     keys = sorted([partition_key(nested_name), partition_key("day 2.csv")])
 
-    first = tick(instance, logs, None)
+    first = sensor_tick(instance, logs, None)
     assert requested(first) == keys
     assert sorted(instance.get_dynamic_partitions(log_files.name)) == keys
     assert len({r.run_key for r in first.run_requests}) == 2
-    assert requested(tick(instance, logs, first.cursor)) == [], "a repeated tick requests nothing"
+    assert requested(sensor_tick(instance, logs, first.cursor)) == [], "a repeated tick requests nothing"
 
     # Ingest both files, then lose the cursor: what was ingested is recognised, not requested again.
     resources = {
@@ -60,18 +52,18 @@ def sensor_lifecycle(instance, logs: LogSourceResource, put, tmp_path: Path, nes
     tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
     ingest = dg.materialize([raw_prompts], instance=instance, resources=resources, tags=tags)
     assert ingest.asset_materializations_for_node("raw_prompts")[0].metadata["accepted"].value == 3
-    restarted = tick(instance, logs, None)
+    restarted = sensor_tick(instance, logs, None)
     assert requested(restarted) == []
     assert json.loads(restarted.cursor) == json.loads(first.cursor)
 
     # A changed file is ingested again under the same partition; a new one gets its own.
     put("day 2.csv", DAY2 + '"What is my PIN?"\n')
-    changed = tick(instance, logs, restarted.cursor)
+    changed = sensor_tick(instance, logs, restarted.cursor)
     assert requested(changed) == [partition_key("day 2.csv")]
     assert changed.run_requests[0].run_key != next(r.run_key for r in first.run_requests if r.partition_key == partition_key("day 2.csv"))
     assert not changed.dynamic_partitions_requests
     put("day3.jsonl", json.dumps({"prompt": "Close my account"}) + "\n")
-    last = tick(instance, logs, changed.cursor)
+    last = sensor_tick(instance, logs, changed.cursor)
     assert requested(last) == ["day3.jsonl"]
     return last.cursor
 
@@ -136,9 +128,9 @@ def test_sensor_on_an_s3_prefix(s3_endpoint, tmp_path, monkeypatch):
         # The same bytes uploaded again keep their ETag: skipped. A change within the same second of
         # LastModified is still seen, since the sensor compares ETags, not timestamps.
         put("day3.jsonl", json.dumps({"prompt": "Close my account"}) + "\n")
-        assert requested(tick(instance, logs, cursor)) == []
+        assert requested(sensor_tick(instance, logs, cursor)) == []
         put("day3.jsonl", json.dumps({"prompt": "Close my account now"}) + "\n")
-        assert requested(tick(instance, logs, cursor)) == ["day3.jsonl"]
+        assert requested(sensor_tick(instance, logs, cursor)) == ["day3.jsonl"]
 
 
 def test_a_missing_bucket_names_the_location(s3_endpoint):
