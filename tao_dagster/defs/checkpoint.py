@@ -34,7 +34,7 @@ def tuned_checkpoint(
     spec = domain.load()
     db = warehouse.get()
     settings = TrainSettings(**config.model_dump())
-    rewards = candidate_rewards(db, build_scorers(spec.scorers))
+    rewards = candidate_rewards(db, build_scorers(spec.scorers, spec.path.parent))
     pairs = build_pairs(rewards, settings)
     if pairs.height == 0:
         raise ValueError(

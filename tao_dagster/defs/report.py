@@ -100,7 +100,7 @@ def eval_report(
     base = answer(db, spec, policy, policy.base_path(), policy.base_version(), "base", prompts)
     tuned = answer(db, spec, policy, checkpoint["path"], ckpt, "tuned", prompts)
 
-    all_scorers = build_scorers(spec.scorers)
+    all_scorers = build_scorers(spec.scorers, spec.path.parent)
     scorers = [s for s in all_scorers if not s.group]  # one answer per prompt: no group to agree with
     rewards = {}
     for model, frame in (("base", base), ("tuned", tuned)):

@@ -56,7 +56,8 @@ def score_missing(db: Warehouse, scorers: list[Scorer], partitions: list[str]) -
     "combined with the domain's weights and normalised per prompt. Scorers are versioned: a changed scorer re-scores only itself.",
 )
 def reward_scores(context: dg.AssetExecutionContext, domain: DomainResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    scorers = build_scorers(domain.load().scorers)
+    spec = domain.load()
+    scorers = build_scorers(spec.scorers, spec.path.parent)
     db = warehouse.get()
     keys = list(context.partition_keys)
     written = score_missing(db, scorers, keys)
