@@ -8,9 +8,12 @@ import duckdb
 import polars as pl
 import pytest
 
+from tao_dagster.domain import load_domain
+from tao_dagster.ingest import parse_log_file
 from tao_dagster.rewards import Scored, build_scorers, extract_sql
 from tao_dagster.sql_sandbox import GRACE_SECONDS, Sandbox, connect
 
+DEMO = Path(__file__).parents[1] / "assets" / "text_to_sql"
 SCRIPT = "CREATE TABLE t AS SELECT range AS i, NULL AS n FROM range(5);"
 TIMEOUT = 1.0
 RUNAWAY = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r"
@@ -148,3 +151,21 @@ def test_uninterruptible_call_kills_the_worker_and_the_next_statement_gets_a_new
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert set(Path(tempfile.gettempdir()).glob("tao-sql-*")) == leftovers
+
+
+def test_demo_domain_scores_a_correct_answer_above_broken_ones():
+    domain = load_domain(DEMO / "domain.yaml")
+    scorers = build_scorers(domain.scorers, domain.path.parent)
+    correct = (
+        "```sql\nSELECT c.name, count(*) AS orders\nFROM orders o JOIN customers c USING (customer_id)\n"
+        "GROUP BY c.name ORDER BY orders DESC LIMIT 1;\n```"
+    )
+    wrong_table = "```sql\nSELECT name, count(*) FROM order_items GROUP BY name;\n```"
+    prose = "The customer with the most orders is probably Ada."
+    items = [Scored("p1", "Which customer placed the most orders?", text) for text in (correct, wrong_table, prose)]
+    per_scorer = {s.name: s.score(items) for s in scorers}
+    assert per_scorer["execution"] == [1.0, 0.2, 0.0]
+    reward = [sum(s.weight * per_scorer[s.name][k] for s in scorers) for k in range(3)]
+    assert reward[0] > reward[1] > reward[2]
+    questions = parse_log_file(DEMO / "logs" / "2026-11-10.jsonl")
+    assert len(questions.rows) == 30 and not questions.bad
