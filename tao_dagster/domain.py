@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from tao_dagster.rewards import Scorer, build_scorers
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -71,6 +73,10 @@ class Domain:
 
     def resolve(self, relative: str) -> Path:
         return (self.path.parent / relative).resolve()
+
+    def build_scorers(self) -> list[Scorer]:
+        """The domain's scorers, their file parameters resolved against the domain file's folder."""
+        return build_scorers(self.scorers, self.path.parent)
 
 
 def load_domain(path: str | Path) -> Domain:

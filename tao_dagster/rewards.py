@@ -1,9 +1,9 @@
 """Label-free scorers and their combination into one reward per candidate.
 
 Every scorer sees only the prompt and the response (never a label) and returns a score in [0, 1].
-A scorer's `version` hashes its kind and parameters, so changing a scorer re-scores only what it
-affects. Group scorers (self-consistency) compare a prompt's candidates with each other and are left
-out where a prompt has a single answer (evaluation).
+A scorer's `version` hashes its kind, its parameters and the content of files they name, so changing
+a scorer (or its database) re-scores only what it affects. Group scorers (self-consistency) compare a
+prompt's candidates with each other and are left out where a prompt has a single answer (evaluation).
 """
 
 import functools
@@ -12,9 +12,12 @@ import importlib.metadata
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from tao_dagster.sql_sandbox import Outcome, Sandbox
 
 EMBEDDED_ENCODER = "embedded"
 
@@ -49,13 +52,21 @@ def extract_field(text: str, field: str) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
+def file_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 class Scorer:
     kind = ""
     group = False  # True when a candidate's score depends on the prompt's other candidates
+    # Parameters naming files: relative to the domain file, and versioned by content (not location).
+    files: tuple[str, ...] = ()
 
     def __init__(self, name: str, weight: float = 1.0, **params):
         self.name, self.weight, self.params = name, float(weight), params
-        spec = json.dumps({"kind": self.kind, **params}, sort_keys=True, default=str)
+        identity = {k: file_digest(v) if k in self.files else v for k, v in params.items()}
+        spec = json.dumps({"kind": self.kind, **identity}, sort_keys=True, default=str)
         self.version = hashlib.sha256(spec.encode()).hexdigest()[:8]
 
     def score(self, items: list[Scored]) -> list[float]:
@@ -192,17 +203,71 @@ class RegexScorer(Scorer):
         return [float(bool(pattern.search(i.response)) != forbid) for i in items]
 
 
-SCORERS = {cls.kind: cls for cls in (JsonFieldsScorer, EmbeddingChoiceScorer, EmbeddingRelevanceScorer, SelfConsistencyScorer, RegexScorer)}
+SQL_FENCE = re.compile(r"```[ \t]*(?:sql)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
 
 
-def build_scorers(specs: list[dict]) -> list[Scorer]:
+def extract_sql(text: str, field: str | None = None) -> str | None:
+    """The query in a response: the JSON field `field` when given, else a ```sql block (closed or cut off), else the text."""
+    if field:
+        return extract_field(text, field)
+    fence = SQL_FENCE.search(text)
+    return (fence.group(1) if fence else text).strip() or None
+
+
+class SqlExecutionScorer(Scorer):
+    """Execution verifier for text-to-SQL: run the answer's query against the domain's DuckDB database.
+
+    No label says which result is right, but a query that runs and returns a plausible result beats one
+    that does not. The ladder (the middle levels are params):
+      0                          no SQL, or nothing that parses as SQL
+      parsed_score (0.2)         parses, but is rejected (not a single read query) or fails to run
+                                 (error, sandbox refusal, over the time or memory limit)
+      executed_score (0.5)       runs, but the result is empty, all NULL or over max_rows rows
+      1.0                        runs and returns 1 to max_rows rows, not all NULL
+    `database` is a DuckDB file or a .sql script that builds one; each scoring call works on a private
+    copy inside `Sandbox` (read-only, no files, network or extensions, time and memory limits).
+    The version hashes the database's content: a changed database re-scores.
+    """
+
+    kind = "sql_execution"
+    files = ("database",)
+
+    def score(self, items):
+        p = self.params
+        with Sandbox(Path(p["database"]), p.get("timeout_seconds", 5.0), self._max_rows(), p.get("memory_mb", 1024)) as sandbox:
+            return [self._one(sandbox, extract_sql(i.response, p.get("field"))) for i in items]
+
+    def _max_rows(self) -> int:
+        return int(self.params.get("max_rows", 1000))
+
+    def _one(self, sandbox: Sandbox, sql: str | None) -> float:
+        outcome = sandbox.run(sql) if sql else Outcome("unparsable")
+        if outcome.stage == "unparsable":
+            return 0.0
+        if outcome.stage == "failed":
+            return float(self.params.get("parsed_score", 0.2))
+        if 0 < outcome.rows <= self._max_rows() and outcome.non_null:
+            return 1.0
+        return float(self.params.get("executed_score", 0.5))
+
+
+SCORERS = {
+    cls.kind: cls
+    for cls in (JsonFieldsScorer, EmbeddingChoiceScorer, EmbeddingRelevanceScorer, SelfConsistencyScorer, RegexScorer, SqlExecutionScorer)
+}
+
+
+def build_scorers(specs: list[dict], root: Path = Path()) -> list[Scorer]:
+    """The domain's scorers; `root` is the folder their file parameters are relative to (the domain file's)."""
     scorers = []
     for spec in specs:
         spec = dict(spec)
         kind = spec.pop("kind", None)
         if kind not in SCORERS:
             raise ValueError(f"scorer {spec.get('name', '?')!r}: unknown kind {kind!r} (known: {sorted(SCORERS)})")
-        scorers.append(SCORERS[kind](name=spec.pop("name", kind), weight=spec.pop("weight", 1.0), **spec))
+        cls = SCORERS[kind]
+        spec |= {k: str((root / spec[k]).resolve()) for k in cls.files if k in spec}
+        scorers.append(cls(name=spec.pop("name", kind), weight=spec.pop("weight", 1.0), **spec))
     if not scorers:
         raise ValueError("a domain needs at least one scorer")
     return scorers

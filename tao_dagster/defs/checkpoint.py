@@ -8,7 +8,6 @@ import polars as pl
 from tao_dagster.defs.policy import current_policy
 from tao_dagster.defs.resources import DomainResource, MlflowResource, PolicyResource, WarehouseResource, tao_home
 from tao_dagster.defs.scores import candidate_rewards, reward_scores
-from tao_dagster.rewards import build_scorers
 from tao_dagster.training import TrainSettings, build_pairs, checkpoint_id, train_dpo
 
 
@@ -38,7 +37,7 @@ def tuned_checkpoint(
     settings = TrainSettings(**config.model_dump())
     parent = current_policy(db, policy, mlflow)
     parent_version = parent.version
-    scored = candidate_rewards(db, build_scorers(spec.scorers))
+    scored = candidate_rewards(db, spec.build_scorers())
     # On-policy data only: candidates of an older policy are stale for a round that starts from this one.
     rewards = scored.filter(pl.col("policy_version") == parent_version)
     stale = scored.height - rewards.height

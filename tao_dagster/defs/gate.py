@@ -7,7 +7,6 @@ from tao_dagster.defs.heldout import answer_rewards, heldout_answers, heldout_pr
 from tao_dagster.defs.policy import base_policy, champion_policy, checkpoint_policy
 from tao_dagster.defs.resources import DomainResource, MlflowResource, PolicyResource, WarehouseResource
 from tao_dagster.evaluation import compare, promotion_decision
-from tao_dagster.rewards import build_scorers
 
 
 @dg.asset_check(
@@ -33,7 +32,7 @@ def promotion_gate(
         return dg.AssetCheckResult(passed=True, metadata={"decision": "already the champion", "champion": candidate.version})
 
     spec = domain.load()
-    scorers = pointwise_scorers(build_scorers(spec.scorers))
+    scorers = pointwise_scorers(spec.build_scorers())
     prompts = heldout_prompts(db, domain)
     references = {"base": base_policy(policy), **({"champion": champion} if champion else {})}
     models = {**references, "candidate": candidate}

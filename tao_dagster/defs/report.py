@@ -13,7 +13,7 @@ from tao_dagster.defs.prompts import raw_prompts
 from tao_dagster.defs.resources import DomainResource, MlflowResource, PolicyResource, WarehouseResource, tao_home
 from tao_dagster.defs.scores import candidate_rewards
 from tao_dagster.evaluation import answer_distribution, compare, load_labels, outside_check, plot_report, write_report
-from tao_dagster.rewards import build_scorers, extract_field
+from tao_dagster.rewards import extract_field
 
 
 @dg.asset(
@@ -59,7 +59,7 @@ def eval_report(
     prompts = heldout_prompts(db, domain)
     base = heldout_answers(db, spec, policy, base_policy(policy), prompts)
     tuned = heldout_answers(db, spec, policy, tuned_policy, prompts)
-    all_scorers = build_scorers(spec.scorers)
+    all_scorers = spec.build_scorers()
     scorers = pointwise_scorers(all_scorers)
     rewards = {"base": answer_rewards(base, scorers), "tuned": answer_rewards(tuned, scorers)}
     report = {"checkpoint_id": ckpt, "parent": checkpoint["parent"], **compare(rewards["base"], rewards["tuned"])}

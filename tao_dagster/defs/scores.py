@@ -8,7 +8,7 @@ from tao_dagster.defs.candidates import candidate_responses
 from tao_dagster.defs.partitions import prompt_partition_asset
 from tao_dagster.defs.resources import DomainResource, WarehouseResource
 from tao_dagster.evaluation import markdown_table
-from tao_dagster.rewards import Scored, Scorer, build_scorers, combine, score_frame
+from tao_dagster.rewards import Scored, Scorer, combine, score_frame
 from tao_dagster.warehouse import Warehouse
 
 
@@ -56,7 +56,8 @@ def score_missing(db: Warehouse, scorers: list[Scorer], partitions: list[str]) -
     "combined with the domain's weights and normalised per prompt. Scorers are versioned: a changed scorer re-scores only itself.",
 )
 def reward_scores(context: dg.AssetExecutionContext, domain: DomainResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    scorers = build_scorers(domain.load().scorers)
+    spec = domain.load()
+    scorers = spec.build_scorers()
     db = warehouse.get()
     keys = list(context.partition_keys)
     written = score_missing(db, scorers, keys)
