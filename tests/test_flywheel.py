@@ -70,6 +70,11 @@ def test_two_rounds_build_on_the_champion_and_the_gate_refuses_a_worse_checkpoin
         day1 = db.query("select count(*) as n from prompts where not heldout")["n"][0]
         assert db.query("select distinct policy_version from candidates")["policy_version"].to_list() == [base_version]
 
+        # Enough new prompts, but a round waits while any run is queued or in progress.
+        busy = instance.add_run(dg.DagsterRun(job_name="score_partitions", status=dg.DagsterRunStatus.STARTED))
+        waiting = round_trigger(instance, resources)
+        assert isinstance(waiting, dg.SkipReason) and busy.run_id in waiting.skip_message
+        instance.delete_run(busy.run_id)
         request = round_trigger(instance, resources)
         assert isinstance(request, dg.RunRequest) and request.tags["tao/new_prompts"] == str(day1)
 

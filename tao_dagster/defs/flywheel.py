@@ -87,7 +87,7 @@ def new_scored_prompts(db: Warehouse, policy_version: str) -> int:
     job=tuning_round_job,
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Starts a tuning round when at least `min_new_prompts` training prompts have been scored under the "
-    "current policy since the last checkpoint and no round is already queued or running. Cron from TAO_ROUND_CRON.",
+    "current policy since the last checkpoint and no run is queued or running. Cron from TAO_ROUND_CRON.",
 )
 def flywheel_round(
     context: dg.ScheduleEvaluationContext,
@@ -97,9 +97,10 @@ def flywheel_round(
     mlflow: MlflowResource,
 ):
     unfinished = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
-    active = context.instance.get_run_records(dg.RunsFilter(job_name=tuning_round_job.name, statuses=unfinished), limit=1)
-    if active:
-        return dg.SkipReason(f"tuning round {active[0].dagster_run.run_id} is still {active[0].dagster_run.status.value.lower()}")
+    active = context.instance.get_run_records(dg.RunsFilter(statuses=unfinished), limit=1)
+    if active:  # a round trains on everything scored, so it waits for the queue to drain
+        run = active[0].dagster_run
+        return dg.SkipReason(f"waiting for run {run.run_id} ({run.job_name}) to finish")
     db = warehouse.get()
     version = current_policy(db, policy, mlflow).version
     new = new_scored_prompts(db, version)
