@@ -36,20 +36,19 @@ def tuned_checkpoint(
     db = warehouse.get()
     settings = TrainSettings(**config.model_dump())
     parent = current_policy(db, policy, mlflow)
-    parent_version = parent.version
     scored = candidate_rewards(db, spec.build_scorers())
     # On-policy data only: candidates of an older policy are stale for a round that starts from this one.
-    rewards = scored.filter(pl.col("policy_version") == parent_version)
+    rewards = scored.filter(pl.col("policy_version") == parent.version)
     stale = scored.height - rewards.height
-    context.log.info(f"parent {parent_version}: {rewards.height} scored candidates, {stale} from other policies left out")
+    context.log.info(f"parent {parent.version}: {rewards.height} scored candidates, {stale} from other policies left out")
     pairs = build_pairs(rewards, settings)
     if pairs.height == 0:
         raise ValueError(
-            f"no training pairs among {rewards['prompt_id'].n_unique()} prompts scored under {parent_version} "
+            f"no training pairs among {rewards['prompt_id'].n_unique()} prompts scored under {parent.version} "
             f"({stale} candidates of other policies are not used): materialize candidate_responses and reward_scores "
             f"for new partitions, lower min_chosen_reward ({settings.min_chosen_reward}) or min_margin ({settings.min_margin})"
         )
-    ckpt, data_hash = checkpoint_id(parent_version, settings, pairs)
+    ckpt, data_hash = checkpoint_id(parent.version, settings, pairs)
     out_dir = tao_home() / "checkpoints" / ckpt
     known = db.query("select * from checkpoints where checkpoint_id = ?", [ckpt])
     if known.height and (out_dir / "config.json").is_file():
@@ -74,7 +73,7 @@ def tuned_checkpoint(
             mlf.log_params(
                 {
                     **settings.model_dump(),
-                    "parent": parent_version,
+                    "parent": parent.version,
                     "algorithm": "dpo-lora",
                     "data_hash": data_hash,
                     "pairs": pairs.height,
@@ -100,7 +99,7 @@ def tuned_checkpoint(
                     [
                         {
                             "checkpoint_id": ckpt,
-                            "parent": parent_version,
+                            "parent": parent.version,
                             "algorithm": "dpo-lora",
                             "config": settings.model_dump_json(),
                             "data_hash": data_hash,
@@ -115,7 +114,7 @@ def tuned_checkpoint(
     return dg.MaterializeResult(
         metadata={
             "checkpoint_id": ckpt,
-            "parent": parent_version,
+            "parent": parent.version,
             "path": dg.MetadataValue.path(str(out_dir)),
             "pairs": pairs.height,
             "stale_candidates_left_out": stale,

@@ -26,7 +26,7 @@ def checkpoint_policy(db: Warehouse, checkpoint_id: str, mlflow: MlflowResource)
     if not (path / "config.json").is_file():
         import mlflow as mlf
 
-        mlflow.client()
+        mlflow.client()  # points the mlflow module at this store
         local = tao_home() / "cache" / "checkpoints" / checkpoint_id
         path = Path(mlf.artifacts.download_artifacts(run_id=row["mlflow_run_id"], artifact_path="model", dst_path=str(local)))
     return Policy(f"ckpt:{checkpoint_id}", str(path), checkpoint_id, row["model_version"])

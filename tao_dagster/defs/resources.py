@@ -77,46 +77,55 @@ class LogSourceResource(dg.ConfigurableResource):
 
     def _bucket_prefix(self) -> tuple[str, str]:
         bucket, _, prefix = self.location.removeprefix("s3://").partition("/")
-        return bucket, prefix.strip("/") + "/" if prefix.strip("/") else ""
+        prefix = prefix.strip("/")
+        return bucket, f"{prefix}/" if prefix else ""
 
     def list_files(self) -> dict[str, LogFile]:
         """Partition key -> log file, for every file with a log suffix (sub-folders of a local folder are not read)."""
-        if self.location.startswith("s3://"):
-            from dagster_aws.s3.sensor import get_objects
+        files = self._list_s3() if self.location.startswith("s3://") else self._list_folder()
+        return {partition_key(name): LogFile(partition_key(name), where, fingerprint) for name, where, fingerprint in files}
 
-            bucket, prefix = self._bucket_prefix()
-            try:
-                objects = get_objects(bucket, prefix, client=self.s3.get_client())
-            except Exception as err:
-                raise RuntimeError(f"log location {self.location} could not be listed: {err}") from err
-            named = [(o["Key"].removeprefix(prefix), o) for o in objects]
-            return {
-                partition_key(rel): LogFile(partition_key(rel), f"s3://{bucket}/{o['Key']}", f"{o['ETag'].strip(chr(34))}:{o['Size']}")
-                for rel, o in named
-                if Path(rel).suffix.lower() in LOG_SUFFIXES
-            }
+    def _list_folder(self) -> list[tuple[str, str, str]]:
         folder = Path(self.location)
         if not folder.is_dir():
             raise FileNotFoundError(f"log location {folder} is not a readable folder: create it, or set TAO_LOGS or the logs resource")
-        files = {}
+        listed = []
         for path in sorted(folder.iterdir()):
             if path.suffix.lower() in LOG_SUFFIXES and path.is_file():
                 stat = path.stat()
-                files[partition_key(path.name)] = LogFile(partition_key(path.name), str(path), f"{stat.st_size}:{stat.st_mtime_ns}")
-        return files
+                listed.append((path.name, str(path), f"{stat.st_size}:{stat.st_mtime_ns}"))
+        return listed
+
+    def _list_s3(self) -> list[tuple[str, str, str]]:
+        from dagster_aws.s3.sensor import get_objects
+
+        bucket, prefix = self._bucket_prefix()
+        try:
+            objects = get_objects(bucket, prefix, client=self.s3.get_client())
+        except Exception as err:
+            raise RuntimeError(f"log location {self.location} could not be listed: {err}") from err
+        listed = []
+        for obj in objects:
+            name, etag = obj["Key"].removeprefix(prefix), obj["ETag"].strip('"')
+            if Path(name).suffix.lower() in LOG_SUFFIXES:
+                listed.append((name, f"s3://{bucket}/{obj['Key']}", f"{etag}:{obj['Size']}"))
+        return listed
 
     def fetch(self, key: str) -> tuple[Path, str]:
         """A local copy of the partition's file and its fingerprint. A file gone since it was listed gives a
         path that does not exist, which ingestion quarantines like any unreadable file."""
         found = self.list_files().get(key)
         if found is None:
-            return Path(self.location.removeprefix("s3://")) / key, ""
+            return Path(self.location) / key, ""
         if not found.name.startswith("s3://"):
             return Path(found.name), found.fingerprint
         bucket, _, object_key = found.name.removeprefix("s3://").partition("/")
         local = tao_home() / "cache" / "logs" / key
         local.parent.mkdir(parents=True, exist_ok=True)
-        self.s3.get_client().download_file(bucket, object_key, str(local))
+        try:
+            self.s3.get_client().download_file(bucket, object_key, str(local))
+        except Exception:  # deleted since it was listed: quarantined as unreadable
+            local.unlink(missing_ok=True)
         return local, found.fingerprint
 
 
