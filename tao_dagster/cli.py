@@ -42,7 +42,7 @@ def deliver(source: Path, logs) -> None:
             shutil.copy2(path, target / path.name)
 
 
-def score(instance, defs, keys: list[str]) -> None:
+def score(instance, resources: dict, keys: list[str]) -> None:
     """Materialize raw_prompts -> candidate_responses -> reward_scores for these partitions in one run."""
     import dagster as dg
 
@@ -53,7 +53,7 @@ def score(instance, defs, keys: list[str]) -> None:
     order = [k for k in instance.get_dynamic_partitions(log_files.name) if k in keys]
     stage(f"raw_prompts -> candidate_responses -> reward_scores over {len(keys)} log-file partitions ({order[0]} .. {order[-1]})")
     tags = {"dagster/asset_partition_range_start": order[0], "dagster/asset_partition_range_end": order[-1]}
-    result = dg.materialize(prompt_assets, instance=instance, resources=defs.resources, tags=tags)
+    result = dg.materialize(prompt_assets, instance=instance, resources=resources, tags=tags)
     if not result.success:
         raise SystemExit("scoring the partitions failed: see the log above")
     for key in ("raw_prompts", "candidate_responses", "reward_scores"):
@@ -61,7 +61,7 @@ def score(instance, defs, keys: list[str]) -> None:
         stage(f"   {key}: " + str({k: v.value for k, v in meta.items() if isinstance(v.value, int | float) or len(str(v.value)) < 40}))
 
 
-def tuning_round(instance, defs) -> dict:
+def tuning_round(instance, resources: dict) -> dict:
     """tuned_checkpoint -> promotion_gate -> eval_report; returns the report, or the gate's verdict if it refused."""
     import dagster as dg
 
@@ -69,14 +69,14 @@ def tuning_round(instance, defs) -> dict:
     from tao_dagster.defs.gate import promotion_gate
 
     stage("tuned_checkpoint -> promotion_gate -> eval_report")
-    result = dg.materialize([*round_assets, promotion_gate], instance=instance, resources=defs.resources, raise_on_error=False)
+    result = dg.materialize([*round_assets, promotion_gate], instance=instance, resources=resources, raise_on_error=False)
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     for check in checks.values():
         stage(f"   check {check.check_name}: {'PASSED' if check.passed else 'FAILED'}")
     gate = checks.get("promotion_gate")
     if gate is None:
         raise SystemExit("the tuning round failed before its promotion gate: see the log above")
-    stage(f"   promotion gate: {gate.metadata['decision'].value}: {gate.metadata['reason'].value if 'reason' in gate.metadata else ''}")
+    stage(f"   promotion gate: {gate.metadata['decision'].value}. {gate.metadata['reason'].value if 'reason' in gate.metadata else ''}")
     if not gate.passed:
         return {"gate": gate.metadata["decision"].value}
     if not result.success:
@@ -89,29 +89,40 @@ def tuning_round(instance, defs) -> dict:
 
 
 def run_demo(rounds: int, logs_from: str, max_eval_prompts: int) -> None:
-    """Deliver the example logs, then run `rounds` flywheel rounds: the last `rounds - 1` files arrive one
-    per round, so each later round generates only for its new file, with the champion, and trains from it."""
+    """Deliver the example logs, then run up to `rounds` flywheel rounds as the sensor and schedule would:
+    the last `rounds - 1` files arrive one per round, files already scored are not scored again, and a
+    round runs only when prompts were scored under the current policy since the last checkpoint."""
     import dagster as dg
 
     from tao_dagster.definitions import defs
+    from tao_dagster.defs.flywheel import already_scored, new_scored_prompts
+    from tao_dagster.defs.policy import current_policy
 
     resources = dict(defs.resources)
     if max_eval_prompts:
         resources["domain"] = resources["domain"].model_copy(update={"max_eval_prompts": max_eval_prompts})
-    defs = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, resources=resources)
     logs = resources["logs"]
     if logs_from:
         deliver(Path(logs_from), logs)
-    keys = sorted(logs.list_files())
+    files = logs.list_files()
+    keys = sorted(files)
     if len(keys) < rounds:
         raise SystemExit(f"{rounds} rounds need at least {rounds} log files; {logs.location} has {len(keys)}")
     instance = dg.DagsterInstance.get()
+    db = resources["warehouse"].get()
     start = time.perf_counter()
     first = len(keys) - rounds + 1
     for number in range(1, rounds + 1):
         stage(f"round {number} of {rounds}")
-        score(instance, defs, keys[:first] if number == 1 else [keys[first + number - 2]])
-        report = tuning_round(instance, defs)
+        arriving = keys[:first] if number == 1 else [keys[first + number - 2]]
+        todo = [k for k in arriving if not already_scored(instance, k, files[k].fingerprint)]
+        if todo:
+            score(instance, resources, todo)
+        version = current_policy(db, resources["policy"], resources["mlflow"]).version
+        if not new_scored_prompts(db, version):
+            stage(f"   nothing scored under {version} since the last checkpoint: no round to run")
+            continue
+        report = tuning_round(instance, resources)
         stage(f"round {number} done ({time.perf_counter() - start:.0f} s so far)")
         if "n" in report:
             print_headline(report)

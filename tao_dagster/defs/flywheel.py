@@ -30,13 +30,24 @@ tuning_round_job = dg.define_asset_job(
 )
 
 
+def latest_materialization(instance: dg.DagsterInstance, asset: dg.AssetKey, partition: str) -> dg.EventLogRecord | None:
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset, asset_partitions=[partition]), limit=1).records
+    return records[0] if records else None
+
+
 def ingested_fingerprint(instance: dg.DagsterInstance, key: str) -> str | None:
     """The fingerprint of the file that raw_prompts last ingested for this partition, if any."""
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(raw_prompts.key, asset_partitions=[key]), limit=1).records
-    if not records:
-        return None
-    meta = records[0].asset_materialization.metadata.get("source_fingerprints")
+    record = latest_materialization(instance, raw_prompts.key, key)
+    meta = record.asset_materialization.metadata.get("source_fingerprints") if record else None
     return meta.value.get(key) if meta else None
+
+
+def already_scored(instance: dg.DagsterInstance, key: str, fingerprint: str) -> bool:
+    """This exact file was ingested, and its partition scored after that."""
+    if ingested_fingerprint(instance, key) != fingerprint:
+        return False
+    scored = latest_materialization(instance, reward_scores.key, key)
+    return bool(scored) and scored.storage_id > latest_materialization(instance, raw_prompts.key, key).storage_id
 
 
 @dg.sensor(
