@@ -114,4 +114,8 @@ def load_domain(path: str | Path) -> Domain:
         raise ValueError(f"domain file {path}: missing or malformed setting {err}") from err
     if len({(s.name, s.sampling, s.response_prefix) for s in strategies}) < len(strategies):
         raise ValueError(f"domain file {path}: two strategies share a name and sampling settings")
+    try:
+        domain.build_scorers()  # a bad scorer fails here, not after the candidates are generated
+    except ValueError as err:
+        raise ValueError(f"domain file {path}: {err}") from err
     return domain

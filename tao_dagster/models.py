@@ -25,21 +25,32 @@ def embedded_gguf_path() -> Path:
     return Path(dist.locate_file(EMBEDDED_GGUF))
 
 
+FIX = "set TAO_BASE_MODEL (or the policy resource's base_model) to `embedded`, a model directory, a .gguf file or a Hugging Face id"
+
+
+def check_base_model(base_model: str) -> None:
+    """Cheap checks of a base model setting, so a typo fails before anything is loaded or converted."""
+    path = Path(base_model).expanduser()
+    if base_model == EMBEDDED:
+        return
+    if path.suffix == ".gguf" and not path.is_file():
+        raise FileNotFoundError(f"base_model: GGUF file {path} does not exist: {FIX}")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"base_model: directory {path} has no config.json: {FIX}")
+    if not path.exists() and base_model.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"base_model: local path {path} does not exist: {FIX}")
+
+
 def resolve_base_model(base_model: str, cache_dir: Path) -> str:
     """Return a model id or directory that `from_pretrained` and vLLM accept."""
+    check_base_model(base_model)
     if base_model == EMBEDDED:
         return str(convert_gguf(embedded_gguf_path(), cache_dir))
     path = Path(base_model).expanduser()
     if path.suffix == ".gguf":
-        if not path.is_file():
-            raise FileNotFoundError(f"base_model: GGUF file {path} does not exist")
         return str(convert_gguf(path, cache_dir))
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"base_model: directory {path} has no config.json")
         return str(path.resolve())
-    if base_model.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"base_model: local path {path} does not exist")
     return base_model  # a Hugging Face hub id, resolved by transformers' own cache
 
 

@@ -60,10 +60,17 @@ def file_digest(path: str) -> str:
 class Scorer:
     kind = ""
     group = False  # True when a candidate's score depends on the prompt's other candidates
+    required: tuple[str, ...] = ()  # parameters the domain file must give
     # Parameters naming files: relative to the domain file, and versioned by content (not location).
     files: tuple[str, ...] = ()
 
     def __init__(self, name: str, weight: float = 1.0, **params):
+        missing = [k for k in self.required if k not in params]
+        if missing:
+            raise ValueError(f"scorer {name!r} ({self.kind}) needs the parameter(s) {', '.join(missing)}")
+        for k in self.files:
+            if k in params and not Path(params[k]).is_file():
+                raise ValueError(f"scorer {name!r} ({self.kind}): {k} {params[k]} is not a file")
         self.name, self.weight, self.params = name, float(weight), params
         identity = {k: file_digest(v) if k in self.files else v for k, v in params.items()}
         spec = json.dumps({"kind": self.kind, **identity}, sort_keys=True, default=str)
@@ -80,6 +87,7 @@ class JsonFieldsScorer(Scorer):
     """
 
     kind = "json_fields"
+    required = ("fields",)
 
     def score(self, items):
         fields: dict = self.params["fields"]
@@ -131,6 +139,7 @@ class EmbeddingChoiceScorer(Scorer):
     """
 
     kind = "embedding_choice"
+    required = ("field", "descriptions")
 
     def score(self, items):
         encoder = load_encoder(self.params.get("model", EMBEDDED_ENCODER))
@@ -176,6 +185,7 @@ class SelfConsistencyScorer(Scorer):
     """Majority agreement of an extracted answer across one prompt's candidates (as in TTRL)."""
 
     kind = "self_consistency"
+    required = ("field",)
     group = True
 
     def score(self, items):
@@ -196,6 +206,14 @@ class RegexScorer(Scorer):
     """1 when the response matches `pattern` (or, with `forbid: true`, when it does not)."""
 
     kind = "regex"
+    required = ("pattern",)
+
+    def __init__(self, name: str, weight: float = 1.0, **params):
+        super().__init__(name, weight, **params)
+        try:
+            re.compile(params["pattern"])
+        except re.error as err:
+            raise ValueError(f"scorer {name!r} (regex): pattern {params['pattern']!r} is not a regular expression: {err}") from err
 
     def score(self, items):
         pattern = re.compile(self.params["pattern"], re.DOTALL)
@@ -230,6 +248,7 @@ class SqlExecutionScorer(Scorer):
     """
 
     kind = "sql_execution"
+    required = ("database",)
     files = ("database",)
 
     def score(self, items):

@@ -15,7 +15,7 @@ from tao_dagster.defs.partitions import partition_key
 from tao_dagster.domain import Domain, load_domain
 from tao_dagster.generation import EngineSettings
 from tao_dagster.ingest import LOG_SUFFIXES, LongPrompts
-from tao_dagster.models import resolve_base_model
+from tao_dagster.models import check_base_model, resolve_base_model
 from tao_dagster.warehouse import Warehouse
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -206,6 +206,18 @@ class FlywheelResource(dg.ConfigurableResource):
     min_new_prompts: int = 50  # training prompts scored under the current policy since the last checkpoint
 
 
+def check_settings(resources: dict) -> None:
+    """Fail when the code location loads, naming the setting and its fix, rather than minutes into a run.
+    Only cheap checks: the domain file and its scorers, a local base model path, a local log folder."""
+    try:
+        resources["domain"].load()
+    except ValueError as err:
+        raise ValueError(f"TAO_DOMAIN: {err}") from err
+    check_base_model(resources["policy"].base_model)
+    if not resources["logs"].location.startswith("s3://"):  # a bucket is checked by the sensor's first listing
+        resources["logs"].list_files()
+
+
 def default_resources() -> dict:
     keep_caches_in_home()
     home = tao_home()
@@ -213,7 +225,7 @@ def default_resources() -> dict:
     logs = os.environ.get("TAO_LOGS") or str(home / "logs")
     if "TAO_LOGS" not in os.environ:
         (home / "logs").mkdir(parents=True, exist_ok=True)
-    return {
+    resources = {
         "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
         "domain": DomainResource(domain_file=os.environ.get("TAO_DOMAIN", str(demo / "domain.yaml"))),
         "logs": LogSourceResource(location=logs, s3=S3Resource()),
@@ -228,3 +240,5 @@ def default_resources() -> dict:
             artifact_location=(home / "mlflow" / "artifacts").as_uri(),
         ),
     }
+    check_settings(resources)
+    return resources
