@@ -18,11 +18,21 @@ from tao_dagster.defs.resources import (
 
 from .conftest import sensor_tick, write_banking_log
 
+PLANTED_SECRETS = {
+    "AWS_ACCESS_KEY_ID": "AKIAPLANTED7Q2X9Z",
+    "AWS_SECRET_ACCESS_KEY": "planted-aws-secret-5f1c9e",
+    "MLFLOW_TRACKING_PASSWORD": "planted-mlflow-password-83d2",
+    "OPENAI_API_KEY": "sk-planted-judge-key-0b7a",
+}
+
 
 @pytest.fixture
 def tiny_flywheel(tmp_path, tiny_model_dir, learnable_domain_file, monkeypatch):
-    """The resources of a fresh project home with the tiny model and a domain it can learn."""
+    """The resources of a fresh project home with the tiny model and a domain it can learn; credentials
+    are planted in the environment, as a deployment would set them, to check that none leaks."""
     monkeypatch.setenv("TAO_HOME", str(tmp_path / "home"))
+    for name, value in PLANTED_SECRETS.items():
+        monkeypatch.setenv(name, value)
     (tmp_path / "logs").mkdir()
     home = tmp_path / "home"
     return {
@@ -111,9 +121,23 @@ def test_two_rounds_build_on_the_champion_and_the_gate_refuses_a_worse_checkpoin
         assert not round2.asset_materializations_for_node("eval_report"), "a refused checkpoint is not reported as the new model"
         assert champion_policy(db, resources["mlflow"]).checkpoint_id == ckpt1
 
-        client = resources["mlflow"].client()
-        tags = {
-            v.version: v.tags.get("promotion_gate")
-            for v in client.search_model_versions(f"name = '{resources['mlflow'].registered_model}'")
-        }
-        assert sorted(tags.values()) == ["failed", "passed"]
+        versions = resources["mlflow"].client().search_model_versions(f"name = '{resources['mlflow'].registered_model}'")
+        assert sorted(v.tags.get("promotion_gate") for v in versions) == ["failed", "passed"]
+
+        assert_no_planted_secret(instance, resources["mlflow"], tmp_path / "home")
+
+
+def assert_no_planted_secret(instance: dg.DagsterInstance, mlflow: MlflowResource, home) -> None:
+    """None of the credentials planted in the environment appears in Dagster's event logs, run records and
+    asset metadata, in MLflow's params, tags and model versions, or in any file under the project home
+    (warehouse, reports, checkpoints, MLflow store and artifacts)."""
+    haystacks = [repr(run) for run in instance.get_runs()]
+    haystacks += [repr(entry) for run in instance.get_runs() for entry in instance.all_logs(run.run_id)]
+    client = mlflow.client()
+    for run in client.search_runs([client.get_experiment_by_name(mlflow.experiment).experiment_id]):
+        haystacks.append(repr((run.data.params, run.data.tags, run.data.metrics)))
+    haystacks += [repr(v) for v in client.search_model_versions(f"name = '{mlflow.registered_model}'")]
+    haystacks += [path.read_bytes().decode("latin-1") for path in home.rglob("*") if path.is_file()]
+    assert len(haystacks) > 20 and any("promotion_gate" in h for h in haystacks)  # the scan sees real records
+    for name, value in PLANTED_SECRETS.items():
+        assert not [h[:200] for h in haystacks if value in h], f"{name} leaked"
