@@ -54,24 +54,27 @@ def raw_prompts(
         parsed = parse_log_file(path, domain.text_column, domain.max_prompt_chars, domain.long_prompts)
         for bad in parsed.bad:
             context.log.warning(f"{parsed.path}:{bad.line}: quarantined: {bad.reason}")
-        seen = set(db.query("select prompt_id from prompts where first_partition <> ?", [key])["prompt_id"])
-        prompts, sources = {}, []
-        for row in parsed.rows:
-            pid = prompt_id(row.messages)
-            duplicate = pid in seen or pid in prompts
-            if not duplicate:
-                prompts[pid] = {
-                    "prompt_id": pid,
-                    "messages": json.dumps(row.messages, ensure_ascii=False),
-                    "text": normalise_text(row.messages[-1]["content"]),
-                    "heldout": is_heldout(pid, domain.heldout_fraction),
-                    "first_partition": key,
-                }
-            sources.append({"partition": key, "source_file": str(parsed.path), "line": row.line, "prompt_id": pid, "duplicate": duplicate})
         quarantine = [
             {"partition": key, "source_file": str(parsed.path), "line": b.line, "reason": b.reason, "raw": b.raw} for b in parsed.bad
         ]
+        # Read what is known and write in one transaction: the connection holds the file's lock, so a run
+        # ingesting another file at the same time cannot also take a shared prompt as new.
         with db.transaction() as con:
+            seen = {pid for (pid,) in con.execute("select prompt_id from prompts where first_partition <> ?", [key]).fetchall()}
+            prompts, sources = {}, []
+            for row in parsed.rows:
+                pid = prompt_id(row.messages)
+                duplicate = pid in seen or pid in prompts
+                if not duplicate:
+                    prompts[pid] = {
+                        "prompt_id": pid,
+                        "messages": json.dumps(row.messages, ensure_ascii=False),
+                        "text": normalise_text(row.messages[-1]["content"]),
+                        "heldout": is_heldout(pid, domain.heldout_fraction),
+                        "first_partition": key,
+                    }
+                source = {"partition": key, "source_file": str(parsed.path), "line": row.line, "prompt_id": pid, "duplicate": duplicate}
+                sources.append(source)
             con.execute("delete from prompt_sources where partition = ?", [key])
             con.execute("delete from quarantine where partition = ?", [key])
             db.insert(con, "prompts", pl.DataFrame(list(prompts.values()), schema_overrides={"heldout": pl.Boolean}), "ignore")
