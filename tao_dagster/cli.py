@@ -100,7 +100,8 @@ def run_demo(rounds: int, logs_from: str, max_eval_prompts: int) -> None:
 
     resources = dict(defs.resources)
     if max_eval_prompts:
-        resources["domain"] = resources["domain"].model_copy(update={"max_eval_prompts": max_eval_prompts})
+        # A new resource, not model_copy: a copied ConfigurableResource keeps the original's config in the run.
+        resources["domain"] = type(resources["domain"])(**{**resources["domain"].model_dump(), "max_eval_prompts": max_eval_prompts})
     logs = resources["logs"]
     if logs_from:
         deliver(Path(logs_from), logs)

@@ -33,7 +33,14 @@ class TrainSettings(BaseModel):
     )
     bf16: bool = Field(True, description="bf16 autocast (2.5x the fp32 matmul rate on this CPU).")
     precompute_ref_log_probs: bool = Field(True, description="One reference pass before training instead of one per step.")
+    save_steps: int = Field(
+        5, ge=1, description="Save a resumable Trainer checkpoint every this many steps: a killed round resumes from the last one."
+    )
     seed: int = 0
+
+
+# How often to save does not change the trained weights, so it is no part of a checkpoint's identity.
+NOT_IN_CHECKPOINT_ID = {"save_steps"}
 
 
 def build_pairs(candidates: pl.DataFrame, settings: TrainSettings) -> pl.DataFrame:
@@ -74,15 +81,26 @@ def checkpoint_id(parent: str, settings: TrainSettings, pairs: pl.DataFrame) -> 
     """(checkpoint id, data hash): the same parent, config and pairs give the same checkpoint."""
     data = "\n".join(f"{a}:{b}:{c}" for a, b, c in pairs.select("prompt_id", "chosen_id", "rejected_id").iter_rows())
     data_hash = hashlib.sha256(data.encode()).hexdigest()[:16]
-    spec = json.dumps({"parent": parent, "algorithm": "dpo-lora", "config": settings.model_dump(), "data": data_hash}, sort_keys=True)
+    config = settings.model_dump(exclude=NOT_IN_CHECKPOINT_ID)
+    spec = json.dumps({"parent": parent, "algorithm": "dpo-lora", "config": config, "data": data_hash}, sort_keys=True)
     return hashlib.sha256(spec.encode()).hexdigest()[:12], data_hash
+
+
+def last_saved_checkpoint(work_dir: Path) -> Path | None:
+    """The newest Trainer checkpoint written to the end: the Trainer writes trainer_state.json last, so a
+    checkpoint cut short by a kill has none and is passed over."""
+    saved = [path for path in work_dir.glob("checkpoint-*") if (path / "trainer_state.json").is_file()]
+    return max(saved, key=lambda path: int(path.name.removeprefix("checkpoint-")), default=None)
 
 
 def train_dpo(model_path: str, pairs: list[dict], settings: TrainSettings, out_dir: Path, work_dir: Path) -> dict:
     """Train LoRA adapters with DPO, merge them and save a standalone model to `out_dir`.
 
     `pairs` are TRL conversational records: {"prompt": [messages], "chosen": [msg], "rejected": [msg]}.
-    Returns the training metrics (final loss, reward accuracy, steps, seconds) and the loss curve.
+    Trainer checkpoints go to `work_dir` every `save_steps`, and a run that finds one there (a killed run of
+    the same checkpoint id) resumes from it. DPOTrainer computes the reference log-probs from the parent
+    before the checkpoint's adapter is loaded, so a resumed run has the same reference as the first.
+    Returns the training metrics and the loss curve of all steps, those before a resume included.
     """
     import time
 
@@ -111,7 +129,9 @@ def train_dpo(model_path: str, pairs: list[dict], settings: TrainSettings, out_d
         lr_scheduler_type="cosine",
         warmup_steps=2,
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=2,
         report_to="none",
         seed=settings.seed,
         dataloader_num_workers=0,
@@ -121,8 +141,11 @@ def train_dpo(model_path: str, pairs: list[dict], settings: TrainSettings, out_d
         r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
     )
     trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer, peft_config=lora)
+    resume = last_saved_checkpoint(work_dir)
+    if resume:
+        log.info("resuming from %s", resume)
     start = time.perf_counter()
-    result = trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
     history = [h for h in trainer.state.log_history if "loss" in h]
     merged = trainer.model.merge_and_unload()
@@ -136,13 +159,15 @@ def train_dpo(model_path: str, pairs: list[dict], settings: TrainSettings, out_d
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     last = history[-1] if history else {}
+    loss_curve = [float(h["loss"]) for h in history]  # every step, those before a resume included
     return {
-        "train_loss": float(result.training_loss),
+        "train_loss": sum(loss_curve) / len(loss_curve) if loss_curve else float("nan"),
         "final_loss": float(last.get("loss", float("nan"))),
         "final_reward_accuracy": float(last.get("rewards/accuracies", float("nan"))),
         "final_reward_margin": float(last.get("rewards/margins", float("nan"))),
         "steps": int(trainer.state.global_step),
+        "resumed_from_step": int(resume.name.removeprefix("checkpoint-")) if resume else 0,
         "pairs": len(pairs),
         "train_seconds": seconds,
-        "loss_curve": [float(h["loss"]) for h in history],
+        "loss_curve": loss_curve,
     }

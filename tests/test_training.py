@@ -36,6 +36,7 @@ def test_checkpoint_id_depends_on_parent_settings_and_data():
     pairs = build_pairs(frame, TrainSettings())
     base = checkpoint_id("base:m", TrainSettings(), pairs)
     assert base == checkpoint_id("base:m", TrainSettings(), pairs)
+    assert base == checkpoint_id("base:m", TrainSettings(save_steps=1), pairs), "how often to save does not change the weights"
     assert base[0] != checkpoint_id("base:other", TrainSettings(), pairs)[0]
     assert base[0] != checkpoint_id("base:m", TrainSettings(beta=0.2), pairs)[0]
     assert base[1] != checkpoint_id("base:m", TrainSettings(), pairs.head(1))[1]

@@ -10,21 +10,46 @@ import polars as pl
 from tao_dagster.defs.partitions import prompt_partition_asset
 from tao_dagster.defs.policy import current_policy
 from tao_dagster.defs.prompts import raw_prompts
-from tao_dagster.defs.resources import DomainResource, MlflowResource, PolicyResource, WarehouseResource
+from tao_dagster.defs.resources import TRANSIENT_RETRY, DomainResource, MlflowResource, PolicyResource, WarehouseResource
 from tao_dagster.evaluation import markdown_table
-from tao_dagster.generation import open_engine
+from tao_dagster.generation import Generation, open_engine
 
 
 def candidate_id(prompt_id: str, policy_version: str, strategy: str, sampling: str, index: int) -> str:
     return hashlib.sha256(f"{prompt_id}|{policy_version}|{strategy}|{sampling}|{index}".encode()).hexdigest()[:16]
 
 
+def candidate_frame(todo: list[tuple], outputs: list[Generation], version: str, engine: str) -> pl.DataFrame:
+    """Warehouse rows of generated candidates, from (candidate id, prompt id, partition, strategy, index, request)."""
+    return pl.DataFrame(
+        [
+            {
+                "candidate_id": cid,
+                "prompt_id": pid,
+                "partition": partition,
+                "policy_version": version,
+                "strategy": strategy.name,
+                "sampling": strategy.settings_key(),
+                "sample_index": index,
+                "response": out.text,
+                "prompt_tokens": out.prompt_tokens,
+                "completion_tokens": out.completion_tokens,
+                "finish_reason": out.finish_reason,
+                "engine": engine,
+            }
+            for (cid, pid, partition, strategy, index, _), out in zip(todo, outputs)
+        ]
+    )
+
+
 @prompt_partition_asset(
     deps=[raw_prompts],
     kinds={"vllm", "duckdb"},
+    retry_policy=TRANSIENT_RETRY,
     description="N candidate responses per training prompt across the domain's exploration strategies and "
     "sampling settings, from the current policy (the champion checkpoint once one is promoted, else the base model). "
-    "Only missing candidates are generated; held-out prompts never are.",
+    "Generated and stored in chunks, and only missing candidates are generated, so a rerun after a crash continues "
+    "where it stopped; held-out prompts never get candidates.",
 )
 def candidate_responses(
     context: dg.AssetExecutionContext,
@@ -56,30 +81,18 @@ def candidate_responses(
     generated, new_tokens, seconds = 0, 0, 0.0
     if todo:
         with open_engine(current.path, policy.engine_settings()) as engine:
-            start = time.perf_counter()
-            outputs = engine.generate([t[5] for t in todo])
-            seconds = time.perf_counter() - start
-        rows = [
-            {
-                "candidate_id": cid,
-                "prompt_id": pid,
-                "partition": partition,
-                "policy_version": version,
-                "strategy": strategy.name,
-                "sampling": strategy.settings_key(),
-                "sample_index": index,
-                "response": out.text,
-                "prompt_tokens": out.prompt_tokens,
-                "completion_tokens": out.completion_tokens,
-                "finish_reason": out.finish_reason,
-                "engine": engine.name,
-            }
-            for (cid, pid, partition, strategy, index, _), out in zip(todo, outputs)
-        ]
-        frame = pl.DataFrame(rows)
-        for key in keys:  # one transaction per partition: all of its new rows or none
-            db.upsert("candidates", frame.filter(pl.col("partition") == key))
-        generated, new_tokens = len(rows), int(frame["completion_tokens"].sum())
+            for start in range(0, len(todo), policy.generation_chunk):
+                chunk = todo[start : start + policy.generation_chunk]
+                began = time.perf_counter()
+                outputs = engine.generate([t[5] for t in chunk])
+                seconds += time.perf_counter() - began
+                frame = candidate_frame(chunk, outputs, version, engine.name)
+                # One transaction per chunk: a crash keeps every chunk stored before it, and the rerun
+                # generates only the candidates still missing.
+                db.upsert("candidates", frame)
+                generated += frame.height
+                new_tokens += int(frame["completion_tokens"].sum())
+                context.log.info(f"{generated} of {len(todo)} candidates generated and stored")
 
     stats = db.query(
         """select strategy, sampling, count(*) as candidates, round(avg(completion_tokens), 1) as mean_tokens,

@@ -1,12 +1,13 @@
 """tuned_checkpoint: DPO with LoRA on best-versus-worst pairs, merged, tracked and registered in MLflow."""
 
 import json
+import shutil
 
 import dagster as dg
 import polars as pl
 
 from tao_dagster.defs.policy import current_policy
-from tao_dagster.defs.resources import DomainResource, MlflowResource, PolicyResource, WarehouseResource, tao_home
+from tao_dagster.defs.resources import TRANSIENT_RETRY, DomainResource, MlflowResource, PolicyResource, WarehouseResource, tao_home
 from tao_dagster.defs.scores import candidate_rewards, reward_scores
 from tao_dagster.training import TrainSettings, build_pairs, checkpoint_id, train_dpo
 
@@ -19,10 +20,12 @@ class TuneConfig(dg.Config, TrainSettings):
     deps=[dg.AssetDep(reward_scores, partition_mapping=dg.AllPartitionMapping())],
     group_name="tao",
     kinds={"pytorch", "mlflow"},
+    retry_policy=TRANSIENT_RETRY,
     description="The current policy (champion, else base) tuned with TRL DPO + LoRA on each training prompt's "
     "best-versus-worst candidates from that policy, with the plain prompt (no exploration scaffolding). LoRA merged, "
     "saved as a standalone model, logged and registered in MLflow; the promotion gate decides whether it becomes the "
-    "champion. Same parent, settings and pairs give the same checkpoint, which is reused.",
+    "champion. Same parent, settings and pairs give the same checkpoint, which is reused; a killed or failed run of it "
+    "resumes from its last Trainer checkpoint.",
 )
 def tuned_checkpoint(
     context: dg.AssetExecutionContext,
@@ -43,13 +46,15 @@ def tuned_checkpoint(
     context.log.info(f"parent {parent.version}: {rewards.height} scored candidates, {stale} from other policies left out")
     pairs = build_pairs(rewards, settings)
     if pairs.height == 0:
-        raise ValueError(
+        raise dg.Failure(
             f"no training pairs among {rewards['prompt_id'].n_unique()} prompts scored under {parent.version} "
             f"({stale} candidates of other policies are not used): materialize candidate_responses and reward_scores "
-            f"for new partitions, lower min_chosen_reward ({settings.min_chosen_reward}) or min_margin ({settings.min_margin})"
+            f"for new partitions, lower min_chosen_reward ({settings.min_chosen_reward}) or min_margin ({settings.min_margin})",
+            allow_retries=False,
         )
     ckpt, data_hash = checkpoint_id(parent.version, settings, pairs)
     out_dir = tao_home() / "checkpoints" / ckpt
+    work_dir = tao_home() / "work" / ckpt  # Trainer checkpoints, kept until the round is recorded
     known = db.query("select * from checkpoints where checkpoint_id = ?", [ckpt])
     if known.height and (out_dir / "config.json").is_file():
         context.log.info(f"checkpoint {ckpt} already trained on exactly these pairs: reusing it")
@@ -80,7 +85,7 @@ def tuned_checkpoint(
                     "domain": spec.name,
                 }
             )
-            metrics = train_dpo(parent.path, records, settings, out_dir, tao_home() / "work" / ckpt)
+            metrics = train_dpo(parent.path, records, settings, out_dir, work_dir)
             for step, loss in enumerate(metrics["loss_curve"], start=1):
                 mlf.log_metric("train_loss", loss, step=step)
             mlf.log_metrics({k: v for k, v in metrics.items() if k != "loss_curve"})
@@ -111,6 +116,7 @@ def tuned_checkpoint(
                     ]
                 ),
             )
+        shutil.rmtree(work_dir, ignore_errors=True)
     return dg.MaterializeResult(
         metadata={
             "checkpoint_id": ckpt,
@@ -123,6 +129,7 @@ def tuned_checkpoint(
             "train_loss": metrics["train_loss"],
             "final_reward_accuracy": metrics["final_reward_accuracy"],
             "steps": metrics["steps"],
+            "resumed_from_step": metrics.get("resumed_from_step", 0),
             "train_seconds": round(metrics["train_seconds"], 1),
             "mlflow_run_id": run_id,
             "registered_model_version": f"{mlflow.registered_model} v{model_version}",

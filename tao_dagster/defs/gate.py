@@ -5,13 +5,14 @@ import dagster as dg
 from tao_dagster.defs.checkpoint import tuned_checkpoint
 from tao_dagster.defs.heldout import answer_rewards, heldout_answers, heldout_prompts, pointwise_scorers
 from tao_dagster.defs.policy import base_policy, champion_policy, checkpoint_policy
-from tao_dagster.defs.resources import DomainResource, MlflowResource, PolicyResource, WarehouseResource
+from tao_dagster.defs.resources import TRANSIENT_RETRY, DomainResource, MlflowResource, PolicyResource, WarehouseResource
 from tao_dagster.evaluation import compare, promotion_decision
 
 
 @dg.asset_check(
     asset=tuned_checkpoint,
     blocking=True,
+    retry_policy=TRANSIENT_RETRY,
     description="Blocking: the new checkpoint answers the held-out prompts; it is promoted (the MLflow alias "
     "`champion` moves to its model version) only if its mean reward beats the base model's and the current "
     "champion's with the 95% CI of the paired difference above zero. Otherwise the old champion stays and "

@@ -3,6 +3,7 @@ prompt once (greedy, plain prompt), and the answers are scored by the domain's p
 
 import json
 
+import dagster as dg
 import numpy as np
 import polars as pl
 
@@ -19,7 +20,7 @@ def heldout_prompts(db: Warehouse, domain: DomainResource) -> pl.DataFrame:
     if domain.max_eval_prompts:
         prompts = prompts.head(domain.max_eval_prompts)
     if prompts.height == 0:
-        raise ValueError("no held-out prompts: ingest more log files or raise the domain resource's heldout_fraction")
+        raise dg.Failure("no held-out prompts: ingest more log files or raise the domain resource's heldout_fraction", allow_retries=False)
     return prompts
 
 
@@ -28,20 +29,20 @@ def heldout_answers(db: Warehouse, spec: Domain, engine: PolicyResource, policy:
     have = db.query("select prompt_id from eval_answers where policy_version = ?", [policy.version])["prompt_id"]
     todo = prompts.filter(~pl.col("prompt_id").is_in(have.to_list()))
     if todo.height:
-        requests = [spec.plain_request(json.loads(m)) for m in todo["messages"]]
         with open_engine(policy.path, engine.engine_settings()) as llm:
-            outputs = llm.generate(requests)
-        db.upsert(
-            "eval_answers",
-            pl.DataFrame(
-                {
-                    "policy_version": policy.version,
-                    "prompt_id": todo["prompt_id"],
-                    "response": [o.text for o in outputs],
-                    "completion_tokens": [o.completion_tokens for o in outputs],
-                }
-            ),
-        )
+            for chunk in todo.iter_slices(engine.generation_chunk):  # stored chunk by chunk, like candidates
+                outputs = llm.generate([spec.plain_request(json.loads(m)) for m in chunk["messages"]])
+                db.upsert(
+                    "eval_answers",
+                    pl.DataFrame(
+                        {
+                            "policy_version": policy.version,
+                            "prompt_id": chunk["prompt_id"],
+                            "response": [o.text for o in outputs],
+                            "completion_tokens": [o.completion_tokens for o in outputs],
+                        }
+                    ),
+                )
     return (
         db.query("select prompt_id, response, completion_tokens from eval_answers where policy_version = ?", [policy.version])
         .join(prompts.select("prompt_id", "text"), on="prompt_id")

@@ -3,6 +3,8 @@
 from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
+
 from tao_dagster.defs.resources import MlflowResource, PolicyResource, tao_home
 from tao_dagster.warehouse import Warehouse
 
@@ -38,9 +40,10 @@ def champion_policy(db: Warehouse, mlflow: MlflowResource) -> Policy | None:
         return None
     found = db.query("select checkpoint_id from checkpoints where mlflow_run_id = ?", [run_id])
     if found.height == 0:
-        raise ValueError(
+        raise dg.Failure(
             f"the MLflow alias {mlflow.champion_alias!r} of {mlflow.registered_model} points at run {run_id}, "
-            f"which this warehouse ({db.path}) did not train: move the alias or use the warehouse that trained it"
+            f"which this warehouse ({db.path}) did not train: move the alias or use the warehouse that trained it",
+            allow_retries=False,
         )
     return checkpoint_policy(db, found["checkpoint_id"][0], mlflow)
 

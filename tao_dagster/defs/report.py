@@ -10,7 +10,7 @@ from tao_dagster.defs.checkpoint import tuned_checkpoint
 from tao_dagster.defs.heldout import answer_rewards, heldout_answers, heldout_prompts, pointwise_scorers
 from tao_dagster.defs.policy import base_policy, checkpoint_policy
 from tao_dagster.defs.prompts import raw_prompts
-from tao_dagster.defs.resources import DomainResource, MlflowResource, PolicyResource, WarehouseResource, tao_home
+from tao_dagster.defs.resources import TRANSIENT_RETRY, DomainResource, MlflowResource, PolicyResource, WarehouseResource, tao_home
 from tao_dagster.defs.scores import candidate_rewards
 from tao_dagster.evaluation import answer_distribution, compare, load_labels, outside_check, plot_report, write_report
 from tao_dagster.rewards import extract_field
@@ -20,6 +20,7 @@ from tao_dagster.rewards import extract_field
     deps=[tuned_checkpoint, dg.AssetDep(raw_prompts, partition_mapping=dg.AllPartitionMapping())],
     group_name="tao",
     kinds={"mlflow", "duckdb"},
+    retry_policy=TRANSIENT_RETRY,
     check_specs=[
         dg.AssetCheckSpec(
             "tuned_beats_base", asset="eval_report", description="Held-out mean reward: the 95% CI of tuned - base lies above 0."
@@ -51,7 +52,7 @@ def eval_report(
     db = warehouse.get()
     latest = context.instance.get_latest_materialization_event(tuned_checkpoint.key)
     if latest is None:
-        raise ValueError("tuned_checkpoint has never been materialized")
+        raise dg.Failure("tuned_checkpoint has never been materialized", allow_retries=False)
     tuned_policy = checkpoint_policy(db, latest.asset_materialization.metadata["checkpoint_id"].value, mlflow)
     ckpt = tuned_policy.checkpoint_id
     checkpoint = db.query("select * from checkpoints where checkpoint_id = ?", [ckpt]).row(0, named=True)

@@ -7,6 +7,7 @@ a run config file, or the TAO_* environment variables read by `default_resources
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -19,6 +20,11 @@ from tao_dagster.models import check_base_model, resolve_base_model
 from tao_dagster.warehouse import Warehouse
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+# For the steps whose failures can pass: a generation engine that fails to start, MLflow or S3 I/O. Retried
+# after 10 s, then 30 s; each retry resumes from what the failed attempt stored. Deterministic errors (bad
+# configuration, no training pairs) raise dg.Failure(allow_retries=False) and fail at once.
+TRANSIENT_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
 
 
 def tao_home() -> Path:
@@ -56,7 +62,10 @@ class DomainResource(dg.ConfigurableResource):
     long_prompts: LongPrompts = "skip"  # a prompt over max_prompt_chars: quarantined ("skip") or cut ("truncate")
 
     def load(self) -> Domain:
-        return load_domain(self.domain_file)
+        try:
+            return load_domain(self.domain_file)
+        except ValueError as err:  # a malformed domain file fails the same way on every retry
+            raise dg.Failure(str(err), allow_retries=False) from err
 
 
 @dataclass(frozen=True)
@@ -134,15 +143,21 @@ class PolicyResource(dg.ConfigurableResource):
 
     base_model: str = "embedded"
     cache_dir: str
-    engine: str = "auto"
+    engine: Literal["auto", "vllm", "transformers"] = "auto"
     seed: int = 0
     max_model_len: int = 1024
     gpu_memory_utilization: float = 0.3
     tensor_parallel_size: int = 1
     block_size: int = 32  # vLLM KV-cache block in tokens; 0 keeps vLLM's default
+    # Candidates generated and stored per warehouse transaction: a crash loses at most the chunk in flight.
+    # Big enough for vLLM to batch well; the engine stays loaded across chunks.
+    generation_chunk: int = 512
 
     def base_path(self) -> str:
-        return resolve_base_model(self.base_model, Path(self.cache_dir))
+        try:
+            return resolve_base_model(self.base_model, Path(self.cache_dir))
+        except (FileNotFoundError, RuntimeError) as err:  # a missing model file or package does not appear on a retry
+            raise dg.Failure(str(err), allow_retries=False) from err
 
     def base_version(self) -> str:
         """The policy version of the base model, part of every candidate's key."""
@@ -210,7 +225,7 @@ def check_settings(resources: dict) -> None:
     """Fail when the code location loads, naming the setting and its fix, rather than minutes into a run.
     Only cheap checks: the domain file and its scorers, a local base model path, a local log folder."""
     try:
-        resources["domain"].load()
+        load_domain(resources["domain"].domain_file)
     except ValueError as err:
         raise ValueError(f"TAO_DOMAIN: {err}") from err
     check_base_model(resources["policy"].base_model)

@@ -1,0 +1,80 @@
+"""What tests/test_crash_resume.py runs in a subprocess and kills with SIGKILL: candidate generation, DPO
+training, and a warehouse write. `python -m tests.crash_worker <what> <args>` from the repository root."""
+
+import signal
+import sys
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from dagster_aws.s3 import S3Resource
+
+from tao_dagster.defs.candidates import candidate_responses
+from tao_dagster.defs.partitions import log_files
+from tao_dagster.defs.resources import DomainResource, LogSourceResource, MlflowResource, PolicyResource, WarehouseResource
+from tao_dagster.training import TrainSettings, train_dpo
+from tao_dagster.warehouse import Warehouse
+
+PARTITION = "day1.csv"
+
+
+def pipeline_resources(home: Path, model_dir: str, domain_file: str, **policy_settings) -> dict:
+    """A project home of its own, with the tiny model run by transformers."""
+    return {
+        "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
+        "domain": DomainResource(domain_file=domain_file),
+        "logs": LogSourceResource(location=str(home / "logs"), s3=S3Resource()),
+        "policy": PolicyResource(base_model=model_dir, cache_dir=str(home / "cache"), engine="transformers", **policy_settings),
+        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", artifact_location=(home / "mlruns").as_uri()),
+    }
+
+
+def materialize(assets: list, resources: dict, **kwargs) -> dg.ExecuteInProcessResult:
+    """Materialize the log-file partition in an instance of this process, as a fresh run worker would."""
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(log_files.name, [PARTITION])
+    return dg.materialize(assets, instance=instance, resources=resources, partition_key=PARTITION, **kwargs)
+
+
+def training_pairs() -> list[dict]:
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"Classify query {i}: where is my card?"}],
+            "chosen": [{"role": "assistant", "content": '{"topic": "card"}'}],
+            "rejected": [{"role": "assistant", "content": f"no idea, query {i}"}],
+        }
+        for i in range(12)
+    ]
+
+
+# 12 pairs, 2 per step, 2 epochs: 12 steps, a checkpoint every 2.
+TRAIN_SETTINGS = TrainSettings(batch_size=2, epochs=2, learning_rate=1e-2, save_steps=2)
+
+
+def frame(partition: str, rows: int) -> pl.DataFrame:
+    return pl.DataFrame({"candidate_id": [f"{partition}-{i}" for i in range(rows)], "partition": partition, "response": "an answer " * 5})
+
+
+def generate(home: str, model_dir: str, domain_file: str, generation_chunk: str) -> None:
+    materialize([candidate_responses], pipeline_resources(Path(home), model_dir, domain_file, generation_chunk=int(generation_chunk)))
+
+
+def train(model_dir: str, out_dir: str, work_dir: str) -> None:
+    train_dpo(model_dir, training_pairs(), TRAIN_SETTINGS, Path(out_dir), Path(work_dir))
+
+
+def write(path: str, committed_rows: str, killed_rows: str) -> None:
+    """Commit one partition, then insert another in a transaction that the kill interrupts before its commit.
+    Prints the file's size at each stage, to show how far the uncommitted rows had reached."""
+    db = Warehouse(path)
+    db.upsert("candidates", frame("committed", int(committed_rows)))
+    print("committed", Path(path).stat().st_size, flush=True)
+    with db.transaction() as con:
+        print("inserting", Path(path).stat().st_size, flush=True)
+        db.insert(con, "candidates", frame("killed", int(killed_rows)))
+        print("inserted", Path(path).stat().st_size, flush=True)
+        signal.pause()  # the transaction stays open until the test kills this process
+
+
+if __name__ == "__main__":
+    {"generate": generate, "train": train, "write": write}[sys.argv[1]](*sys.argv[2:])
