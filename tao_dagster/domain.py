@@ -57,6 +57,7 @@ class Domain:
     snippets: dict[str, str] = field(default_factory=dict)
     eval_sampling: Sampling = Sampling(temperature=0.0)
     evaluation: dict = field(default_factory=dict)
+    diagnostics: dict = field(default_factory=dict)  # alarm thresholds overriding diagnostics.THRESHOLDS
 
     def messages(self, conversation: list[dict], template: str | None = None) -> list[dict]:
         """Put the task instruction into the last user turn (small models follow it far better there)."""
@@ -109,6 +110,7 @@ def load_domain(path: str | Path) -> Domain:
             snippets=spec.get("snippets", {}),
             eval_sampling=Sampling(0.0, 1.0, default_max),
             evaluation=spec.get("evaluation", {}),
+            diagnostics=spec.get("diagnostics", {}),
         )
     except (KeyError, TypeError) as err:
         raise ValueError(f"domain file {path}: missing or malformed setting {err}") from err

@@ -160,6 +160,7 @@ def write_report(report: dict, strategy_rows: list[dict], out_dir: Path) -> tupl
         ]
     for model, dist in report["answer_distribution"].items():  # empty when the domain names no answer field
         md += ["", f"Answer distribution, {model}: " + ", ".join(f"{k} {v:.0%}" for k, v in dist.items())]
+    md += ["", "## Reward hacking alarms", "", markdown_table(report["alarms"]) if report["alarms"] else "None."]
     md += ["", "## Candidates per exploration strategy", "", markdown_table(strategy_rows)]
     text = "\n".join(md) + "\n"
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"

@@ -47,12 +47,14 @@ def test_report_files(tmp_path):
             "tuned": answer_distribution(["card", "cash", "cash"]),
         },
         "outside_check": {"n_labelled": 0},
+        "alarms": [{"name": "one_value", "value": 0.9, "threshold": 0.6, "message": "90% of tuned answers give topic='card'"}],
     }
     json_path, md_path, text = write_report(report, [{"strategy": "plain", "mean_reward": 0.4}], tmp_path)
     saved = json.loads(json_path.read_text())
     for key in ("base_mean_reward", "tuned_mean_reward", "diff", "diff_ci_low", "diff_ci_high", "win_rate", "n"):
         assert key in saved
     assert "| plain | 0.400 |" in md_path.read_text() and text == md_path.read_text()
+    assert "90% of tuned answers give topic='card'" in text
     assert report["answer_distribution"]["base"] == {"card": pytest.approx(2 / 3), "(none)": pytest.approx(1 / 3)}
     png = plot_report(np.array([0.1, 0.2]), np.array([0.5, 0.6]), report["answer_distribution"], tmp_path / "r.png")
     assert png.read_bytes()[:4] == b"\x89PNG"

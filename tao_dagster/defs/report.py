@@ -11,7 +11,8 @@ from tao_dagster.defs.heldout import answer_rewards, heldout_answers, heldout_pr
 from tao_dagster.defs.policy import base_policy, checkpoint_policy
 from tao_dagster.defs.prompts import raw_prompts
 from tao_dagster.defs.resources import TRANSIENT_RETRY, DomainResource, MlflowResource, PolicyResource, WarehouseResource, tao_home
-from tao_dagster.defs.scores import candidate_rewards
+from tao_dagster.defs.scores import NO_HACKING_ALARMS, candidate_rewards, hacking_check
+from tao_dagster.diagnostics import alarm_rows, answer_alarms
 from tao_dagster.evaluation import answer_distribution, compare, load_labels, outside_check, plot_report, write_report
 from tao_dagster.rewards import extract_field
 
@@ -22,6 +23,12 @@ from tao_dagster.rewards import extract_field
     kinds={"mlflow", "duckdb"},
     retry_policy=TRANSIENT_RETRY,
     check_specs=[
+        dg.AssetCheckSpec(
+            NO_HACKING_ALARMS,
+            asset="eval_report",
+            description="Warns when the tuned answers look like reward hacking: one field value for most prompts, "
+            "repetition, or a reward that rose while the answers grew much longer.",
+        ),
         dg.AssetCheckSpec(
             "tuned_beats_base", asset="eval_report", description="Held-out mean reward: the 95% CI of tuned - base lies above 0."
         ),
@@ -71,6 +78,8 @@ def eval_report(
     field = spec.evaluation.get("answer_field")
     answers = {m: [extract_field(r, field) for r in f["response"]] for m, f in (("base", base), ("tuned", tuned))} if field else {}
     report["answer_distribution"] = {m: answer_distribution(a) for m, a in answers.items()}
+    alarms = answer_alarms(base, tuned, report["diff"], field, spec.diagnostics)
+    report["alarms"] = alarm_rows(alarms)
     if field and spec.evaluation.get("labels"):
         ev = spec.evaluation
         label_map = json.loads(spec.resolve(ev["label_map"]).read_text()) if ev.get("label_map") else None
@@ -116,6 +125,7 @@ def eval_report(
             **numbers,
         },
         check_results=[
+            hacking_check(alarms),
             dg.AssetCheckResult(
                 check_name="tuned_beats_base",
                 passed=bool(report["diff_ci_low"] > 0),

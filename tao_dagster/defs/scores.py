@@ -1,12 +1,12 @@
 """reward_scores: every candidate scored by the domain's label-free scorers, combined per prompt."""
 
 import dagster as dg
-import numpy as np
 import polars as pl
 
 from tao_dagster.defs.candidates import candidate_responses
 from tao_dagster.defs.partitions import prompt_partition_asset
 from tao_dagster.defs.resources import DomainResource, WarehouseResource
+from tao_dagster.diagnostics import Alarm, alarm_rows, candidate_alarms, per_scorer, scorer_agreement, spearman
 from tao_dagster.evaluation import markdown_table
 from tao_dagster.rewards import Scored, Scorer, combine, score_frame
 from tao_dagster.warehouse import Warehouse
@@ -49,8 +49,19 @@ def score_missing(db: Warehouse, scorers: list[Scorer], partitions: list[str]) -
     return written
 
 
+NO_HACKING_ALARMS = "no_reward_hacking_alarms"
+
+
 @prompt_partition_asset(
     deps=[candidate_responses],
+    check_specs=[
+        dg.AssetCheckSpec(
+            NO_HACKING_ALARMS,
+            asset="reward_scores",
+            description="Warns when the best-scored candidates look like reward hacking: one answer or one field value "
+            "for most prompts, repetition, or a reward that rises with length.",
+        )
+    ],
     kinds={"duckdb", "polars"},
     description="Label-free scores of every candidate (rules, embedding-based content fit, self-consistency), "
     "combined with the domain's weights and normalised per prompt. Scorers are versioned: a changed scorer re-scores only itself.",
@@ -64,19 +75,12 @@ def reward_scores(context: dg.AssetExecutionContext, domain: DomainResource, war
     context.log.info(f"scores written per scorer: {written}")
 
     rewards = candidate_rewards(db, scorers, keys)
+    current = pl.DataFrame({"scorer": [s.name for s in scorers], "scorer_version": [s.version for s in scorers]})
     scores = db.query(
-        "select s.scorer, s.score from scores s join candidates c using (candidate_id) where c.partition in (select unnest(?))", [keys]
-    )
-    per_scorer = (
-        scores.group_by("scorer")
-        .agg(
-            pl.col("score").mean().alias("mean"),
-            pl.col("score").std().alias("std"),
-            pl.col("score").quantile(0.1).alias("p10"),
-            pl.col("score").quantile(0.9).alias("p90"),
-        )
-        .sort("scorer")
-    )
+        """select s.candidate_id, s.scorer, s.scorer_version, s.score from scores s join candidates c using (candidate_id)
+           where c.partition in (select unnest(?))""",
+        [keys],
+    ).join(current, on=["scorer", "scorer_version"])
     per_prompt = rewards.group_by("prompt_id").agg(pl.col("reward").mean().alias("mean"), pl.col("reward").max().alias("best"))
     per_strategy = (
         rewards.group_by("strategy", "sampling")
@@ -87,15 +91,30 @@ def reward_scores(context: dg.AssetExecutionContext, domain: DomainResource, war
         )
         .sort("mean_reward", descending=True)
     )
-    length_corr = float(np.corrcoef(rewards["reward"], rewards["completion_tokens"])[0, 1]) if rewards.height > 2 else float("nan")
+    alarms = candidate_alarms(rewards, spec.evaluation.get("answer_field"), spec.diagnostics)
+    for alarm in alarms:
+        context.log.warning(f"reward hacking alarm {alarm.name}: {alarm.message}")
     return dg.MaterializeResult(
         metadata={
             "candidates": rewards.height,
             "scores_written": sum(written.values()),
             "mean_reward": float(rewards["reward"].mean() or 0.0),
             "mean_best_of_n": float(per_prompt["best"].mean() or 0.0),
-            "reward_length_correlation": length_corr,
-            "per_scorer": dg.MetadataValue.md(markdown_table(per_scorer.to_dicts())),
+            "reward_length_correlation": spearman(rewards["reward"], rewards["completion_tokens"]),
+            "per_scorer": dg.MetadataValue.md(markdown_table(per_scorer(scores).to_dicts())),
+            "scorer_agreement": dg.MetadataValue.md(markdown_table(scorer_agreement(scores).to_dicts())),
             "per_strategy": dg.MetadataValue.md(markdown_table(per_strategy.to_dicts())),
-        }
+            "alarms": dg.MetadataValue.md(markdown_table(alarm_rows(alarms)) if alarms else "none"),
+        },
+        check_results=[hacking_check(alarms)],
+    )
+
+
+def hacking_check(alarms: list[Alarm]) -> dg.AssetCheckResult:
+    """A warning, not a block: an alarm asks a human to look at the top responses."""
+    return dg.AssetCheckResult(
+        check_name=NO_HACKING_ALARMS,
+        passed=not alarms,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"alarms": dg.MetadataValue.json(alarm_rows(alarms))},
     )

@@ -1,0 +1,94 @@
+"""Trust diagnostics: they flag what reward hacking looks like, and stay quiet on healthy scores."""
+
+import json
+import math
+import random
+
+import polars as pl
+
+from tao_dagster.diagnostics import answer_alarms, candidate_alarms, per_scorer, repeats_itself, scorer_agreement, spearman
+from tao_dagster.rewards import Scored, Scorer, combine, score_frame
+
+TOPICS = ["card", "cash", "transfer", "payment"]
+
+
+class LengthScorer(Scorer):
+    """A planted broken scorer: longer is better, whatever is said."""
+
+    kind = "planted_length"
+
+    def score(self, items):
+        return [min(len(i.response.split()) / 40, 1.0) for i in items]
+
+
+class TopicScorer(Scorer):
+    """A sound one for contrast: the answer names the prompt's own topic."""
+
+    kind = "planted_topic"
+
+    def score(self, items):
+        return [float(f'"{i.prompt.split()[-1]}"' in i.response) for i in items]
+
+
+def candidates(seed: int = 0) -> tuple[list[str], list[Scored], list[int]]:
+    """Four answers per prompt, of varied lengths; the prompt's last word is its topic."""
+    rng = random.Random(seed)
+    ids, items, tokens = [], [], []
+    for p in range(40):
+        topic = TOPICS[p % 4]
+        for c in range(4):
+            said = topic if c % 2 == 0 else rng.choice(TOPICS)
+            reply = " ".join(rng.choice(["please", "check", "the", "app", "for", "details", "now"]) for _ in range(rng.randint(3, 30)))
+            response = json.dumps({"topic": said, "reply": reply})
+            ids.append(f"p{p}c{c}")
+            items.append(Scored(f"p{p}", f"question about {topic}", response))
+            tokens.append(len(response.split()))
+    return ids, items, tokens
+
+
+def rewards_under(scorer: Scorer) -> tuple[pl.DataFrame, pl.DataFrame]:
+    ids, items, tokens = candidates()
+    scores = score_frame(items, ids, [scorer])
+    rewards = combine(scores, [scorer]).join(
+        pl.DataFrame({"candidate_id": ids, "response": [i.response for i in items], "completion_tokens": tokens}), on="candidate_id"
+    )
+    return scores, rewards
+
+
+def test_a_planted_length_hacking_scorer_is_flagged_and_a_sound_one_is_not():
+    _, hacked = rewards_under(LengthScorer("length"))
+    assert [a.name for a in candidate_alarms(hacked, "topic")] == ["length_correlation"]
+    _, sound = rewards_under(TopicScorer("topic"))
+    assert candidate_alarms(sound, "topic") == []
+
+
+def test_one_value_taking_over_and_shared_top_responses():
+    rows = [
+        {"prompt_id": f"p{p}", "candidate_id": f"p{p}c{c}", "reward": float(c == 0), "completion_tokens": 10, "response": text}
+        for p in range(10)
+        for c, text in enumerate(['{"topic": "card", "reply": "We are on it."}', f'{{"topic": "cash", "reply": "Case {p}"}}'])
+    ]
+    names = {a.name for a in candidate_alarms(pl.DataFrame(rows), "topic")}
+    assert names == {"shared_top_response", "one_value"}
+
+
+def test_answer_alarms_on_the_tuned_model():
+    base = pl.DataFrame({"response": ['{"topic": "cash"}', '{"topic": "card"}'] * 5, "completion_tokens": [10] * 10})
+    tuned = pl.DataFrame({"response": ['{"topic": "card", "reply": "' + "go go go go " * 5 + '"}'] * 10, "completion_tokens": [40] * 10})
+    assert {a.name for a in answer_alarms(base, tuned, reward_diff=0.2, field="topic")} == {"one_value", "repetition", "length_growth"}
+    assert answer_alarms(base, base, reward_diff=0.0, field="topic") == []
+
+
+def test_repetition_and_spearman():
+    assert repeats_itself("thank you " * 10) and not repeats_itself("Your card will arrive within five working days, please wait.")
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 45]) == 1.0
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3])), "a constant side carries no ordering"
+
+
+def test_per_scorer_and_agreement_tables():
+    ids, items, _ = candidates()
+    scores = score_frame(items, ids, [LengthScorer("length"), TopicScorer("topic")])
+    table = per_scorer(scores)
+    assert table["scorer"].to_list() == ["length", "topic"] and table["n"].to_list() == [160, 160]
+    agreement = scorer_agreement(scores)
+    assert agreement["scorers"].to_list() == ["length ~ topic"] and abs(agreement["spearman"][0]) < 0.3
