@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from tao_dagster.ingest import normalise_text
-from tao_dagster.rewards import extract_field
+from tao_dagster.rewards import Scored, Scorer, combine, extract_field, score_frame
 
 # Default thresholds; a domain overrides them under `diagnostics:` in its YAML.
 THRESHOLDS = {
@@ -141,3 +141,29 @@ def answer_alarms(base: pl.DataFrame, tuned: pl.DataFrame, reward_diff: float, f
 
 def alarm_rows(alarms: list[Alarm]) -> list[dict]:
     return [asdict(a) for a in alarms]
+
+
+def calibrate(gold: pl.DataFrame, scorers: list[Scorer]) -> dict:
+    """Agreement of the reward with a small human-scored gold set (`prompt`, `response`, `score`), and the
+    non-negative scorer weights that would agree best (least squares), scaled to the same total weight.
+    The weights are a suggestion to copy into the domain file: changing them is a configuration change."""
+    from scipy.optimize import nnls
+
+    ids = [f"g{k}" for k in range(gold.height)]
+    items = [Scored(normalise_text(p), p, r) for p, r in gold.select("prompt", "response").iter_rows()]
+    scores = score_frame(items, ids, scorers)
+    in_gold_order = pl.col("candidate_id").replace_strict({cid: k for k, cid in enumerate(ids)})
+    current = combine(scores, scorers).sort(in_gold_order)["reward"].to_numpy()
+    wide = scores.pivot(on="scorer", index="candidate_id", values="score").fill_null(0.0).sort(in_gold_order)
+    names = [s.name for s in scorers]
+    matrix, target = wide.select(names).to_numpy(), gold["score"].to_numpy().astype(float)
+    fitted, _ = nnls(matrix, target)
+    total = sum(s.weight for s in scorers)
+    fitted = fitted * total / fitted.sum() if fitted.sum() > 0 else np.array([s.weight for s in scorers])
+    return {
+        "gold_items": gold.height,
+        "spearman_current_weights": spearman(current, target),
+        "spearman_fitted_weights": spearman(matrix @ fitted, target),
+        "current_weights": {s.name: s.weight for s in scorers},
+        "fitted_weights": {n: round(float(w), 3) for n, w in zip(names, fitted)},
+    }

@@ -58,6 +58,7 @@ class Domain:
     eval_sampling: Sampling = Sampling(temperature=0.0)
     evaluation: dict = field(default_factory=dict)
     diagnostics: dict = field(default_factory=dict)  # alarm thresholds overriding diagnostics.THRESHOLDS
+    calibration: dict = field(default_factory=dict)  # {gold: CSV of prompt, response, score} judged by people
 
     def messages(self, conversation: list[dict], template: str | None = None) -> list[dict]:
         """Put the task instruction into the last user turn (small models follow it far better there)."""
@@ -111,6 +112,7 @@ def load_domain(path: str | Path) -> Domain:
             eval_sampling=Sampling(0.0, 1.0, default_max),
             evaluation=spec.get("evaluation", {}),
             diagnostics=spec.get("diagnostics", {}),
+            calibration=spec.get("calibration", {}),
         )
     except (KeyError, TypeError) as err:
         raise ValueError(f"domain file {path}: missing or malformed setting {err}") from err

@@ -6,7 +6,7 @@ import random
 
 import polars as pl
 
-from tao_dagster.diagnostics import answer_alarms, candidate_alarms, per_scorer, repeats_itself, scorer_agreement, spearman
+from tao_dagster.diagnostics import answer_alarms, calibrate, candidate_alarms, per_scorer, repeats_itself, scorer_agreement, spearman
 from tao_dagster.rewards import Scored, Scorer, combine, score_frame
 
 TOPICS = ["card", "cash", "transfer", "payment"]
@@ -92,3 +92,20 @@ def test_per_scorer_and_agreement_tables():
     assert table["scorer"].to_list() == ["length", "topic"] and table["n"].to_list() == [160, 160]
     agreement = scorer_agreement(scores)
     assert agreement["scorers"].to_list() == ["length ~ topic"] and abs(agreement["spearman"][0]) < 0.3
+
+
+def test_calibration_against_a_gold_set_finds_the_scorer_that_agrees():
+    ids, items, _ = candidates(seed=1)
+    scorers = [LengthScorer("length", weight=2.0), TopicScorer("topic", weight=1.0)]
+    # Human judges who care about the topic only.
+    gold = pl.DataFrame(
+        {
+            "prompt": [i.prompt for i in items],
+            "response": [i.response for i in items],
+            "score": [float(f'"{i.prompt.split()[-1]}"' in i.response) for i in items],
+        }
+    )
+    result = calibrate(gold, scorers)
+    assert result["gold_items"] == 160 and result["current_weights"] == {"length": 2.0, "topic": 1.0}
+    assert result["fitted_weights"]["topic"] > 2.5 and result["fitted_weights"]["length"] < 0.5
+    assert result["spearman_fitted_weights"] > 0.9 > result["spearman_current_weights"]

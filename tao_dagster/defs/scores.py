@@ -6,7 +6,7 @@ import polars as pl
 from tao_dagster.defs.candidates import candidate_responses
 from tao_dagster.defs.partitions import prompt_partition_asset
 from tao_dagster.defs.resources import DomainResource, WarehouseResource
-from tao_dagster.diagnostics import Alarm, alarm_rows, candidate_alarms, per_scorer, scorer_agreement, spearman
+from tao_dagster.diagnostics import Alarm, alarm_rows, calibrate, candidate_alarms, per_scorer, scorer_agreement, spearman
 from tao_dagster.evaluation import markdown_table
 from tao_dagster.rewards import Scored, Scorer, combine, score_frame
 from tao_dagster.warehouse import Warehouse
@@ -91,6 +91,10 @@ def reward_scores(context: dg.AssetExecutionContext, domain: DomainResource, war
         )
         .sort("mean_reward", descending=True)
     )
+    gold = {}
+    if spec.calibration.get("gold"):
+        gold = calibrate(pl.read_csv(spec.resolve(spec.calibration["gold"])), scorers)
+        context.log.info(f"gold set: {gold}")
     alarms = candidate_alarms(rewards, spec.evaluation.get("answer_field"), spec.diagnostics)
     for alarm in alarms:
         context.log.warning(f"reward hacking alarm {alarm.name}: {alarm.message}")
@@ -105,6 +109,7 @@ def reward_scores(context: dg.AssetExecutionContext, domain: DomainResource, war
             "scorer_agreement": dg.MetadataValue.md(markdown_table(scorer_agreement(scores).to_dicts())),
             "per_strategy": dg.MetadataValue.md(markdown_table(per_strategy.to_dicts())),
             "alarms": dg.MetadataValue.md(markdown_table(alarm_rows(alarms)) if alarms else "none"),
+            **({"gold_agreement": dg.MetadataValue.json(gold)} if gold else {}),
         },
         check_results=[hacking_check(alarms)],
     )
