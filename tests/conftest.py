@@ -32,6 +32,9 @@ def learnable_domain_file(tmp_path) -> Path:
     spec["strategies"] = [s for s in spec["strategies"] if s["name"] in ("plain", "json_prefix")]
     spec["scorers"] = [{"name": "starts_json", "kind": "regex", "pattern": r'^\{"topic": "'}]
     spec["evaluation"] = {}
+    # A gold set, as a user who judged a few answers would give it: calibration only reports on it.
+    (tmp_path / "gold.csv").write_text('prompt,response,score\nWhere is my card?,"{""topic"": ""card""}",1\nWhere is my card?,hello,0\n')
+    spec["calibration"] = {"gold": "gold.csv"}
     path = tmp_path / "domain.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path

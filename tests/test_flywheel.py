@@ -109,6 +109,8 @@ def test_two_rounds_build_on_the_champion_and_the_gate_refuses_a_worse_checkpoin
         new = db.query("select partition, policy_version, count(*) as n from candidates group by all order by all").rows()
         assert new == [("day1.csv", base_version, before), ("day2.csv", f"ckpt:{ckpt1}", new[1][2])]
         assert scored.asset_materializations_for_node("candidate_responses")[0].metadata["candidates_generated"].value == new[1][2]
+        gold = scored.asset_materializations_for_node("reward_scores")[0].metadata["gold_agreement"].value
+        assert gold["gold_items"] == 2 and set(gold["fitted_weights"]) == {"starts_json"}
         assert isinstance(round_trigger(instance, resources), dg.RunRequest)
 
         # Round 2 starts from the champion; a destructive learning rate makes it worse, and the gate says so.
