@@ -16,7 +16,16 @@ def test_definitions_load_with_the_five_assets_in_lineage():
         assert isinstance(graph.get(dg.AssetKey(key)).partitions_def, dg.DynamicPartitionsDefinition)
     assert defs.resolve_job_def("score_partitions") and defs.resolve_job_def("tuning_round")
     checks = {c.name for c in graph.asset_check_keys}
-    assert {"tuned_beats_base", "outside_check_beats_majority", "serving_cost_not_higher"} <= checks
+    assert checks == {
+        "counts_reconcile",
+        "no_reward_hacking_alarms",
+        "promotion_gate",
+        "tuned_beats_base",
+        "outside_check_beats_majority",
+        "serving_cost_not_higher",
+    }
+    assert defs.resolve_sensor_def("new_log_files").default_status == dg.DefaultSensorStatus.RUNNING
+    assert defs.resolve_schedule_def("flywheel_round").default_status == dg.DefaultScheduleStatus.RUNNING
 
 
 def test_every_asset_has_a_description_group_and_kinds():

@@ -107,6 +107,7 @@ def test_all_five_assets_materialize_with_the_real_model(tiny_demo, tmp_path):
             "tuned_beats_base",
             "outside_check_beats_majority",
             "serving_cost_not_higher",
+            "no_reward_hacking_alarms",
         }
 
         import mlflow
