@@ -1,13 +1,16 @@
 # `make demo` and `make test` set everything up on a fresh machine first (idempotently).
 
-.PHONY: setup demo test dev
+.PHONY: setup system demo test dev
 setup:
 	bash scripts/setup.sh
+
+system:  # PostgreSQL and Chromium for the server and browser tests
+	bash scripts/system-packages.sh
 
 demo: setup
 	.venv/bin/tao-dagster demo
 
-test: setup
+test: setup system
 	.venv/bin/python -m pytest -q
 
 dev: setup

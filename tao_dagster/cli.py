@@ -13,17 +13,19 @@ import sys
 import time
 from pathlib import Path
 
-from tao_dagster.defs.resources import PROJECT_ROOT, tao_home
+from tao_dagster.defs.deploy import INSTANCE_YAML, PROJECT_ROOT, profile
+from tao_dagster.defs.resources import tao_home
 
 
 def use_project_instance() -> None:
-    """Keep the Dagster instance under the project home, configured by the repository's dagster.yaml."""
+    """Keep the Dagster instance under the project home, configured by the profile's instance yaml (TAO_PROFILE:
+    dagster.yaml, or deploy/dagster.prod.yaml). A dagster.yaml of the user's own there (not a link) is kept."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(tao_home() / "dagster")))
     home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():  # missing, or a link left dangling by a moved checkout
+    config, wanted = home / "dagster.yaml", INSTANCE_YAML[profile()]
+    if not config.exists() or (config.is_symlink() and config.readlink() != wanted):  # missing, dangling, or another profile's
         config.unlink(missing_ok=True)
-        config.symlink_to(PROJECT_ROOT / "dagster.yaml")
+        config.symlink_to(wanted)
     os.chdir(PROJECT_ROOT)  # workspace.yaml and the default domain paths are relative to it
 
 

@@ -7,6 +7,7 @@ import time
 import dagster as dg
 import polars as pl
 
+from tao_dagster.defs.deploy import gpu_step
 from tao_dagster.defs.partitions import prompt_partition_asset
 from tao_dagster.defs.policy import current_policy
 from tao_dagster.defs.prompts import raw_prompts
@@ -46,6 +47,7 @@ def candidate_frame(todo: list[tuple], outputs: list[Generation], version: str, 
     deps=[raw_prompts],
     kinds={"vllm", "duckdb"},
     retry_policy=TRANSIENT_RETRY,
+    op_tags=gpu_step(),
     description="N candidate responses per training prompt across the domain's exploration strategies and "
     "sampling settings, from the current policy (the champion checkpoint once one is promoted, else the base model). "
     "Generated and stored in chunks, and only missing candidates are generated, so a rerun after a crash continues "

@@ -6,8 +6,17 @@ import shutil
 import dagster as dg
 import polars as pl
 
+from tao_dagster.defs.deploy import gpu_step
 from tao_dagster.defs.policy import current_policy
-from tao_dagster.defs.resources import TRANSIENT_RETRY, DomainResource, MlflowResource, PolicyResource, WarehouseResource, tao_home
+from tao_dagster.defs.resources import (
+    TRANSIENT_RETRY,
+    ArtifactStoreResource,
+    DomainResource,
+    MlflowResource,
+    PolicyResource,
+    WarehouseResource,
+    tao_home,
+)
 from tao_dagster.defs.scores import candidate_rewards, reward_scores
 from tao_dagster.training import TrainSettings, build_pairs, checkpoint_id, train_dpo
 
@@ -21,6 +30,7 @@ class TuneConfig(dg.Config, TrainSettings):
     group_name="tao",
     kinds={"pytorch", "mlflow"},
     retry_policy=TRANSIENT_RETRY,
+    op_tags=gpu_step(),
     description="The current policy (champion, else base) tuned with TRL DPO + LoRA on each training prompt's "
     "best-versus-worst candidates from that policy, with the plain prompt (no exploration scaffolding). LoRA merged, "
     "saved as a standalone model, logged and registered in MLflow; the promotion gate decides whether it becomes the "
@@ -34,6 +44,7 @@ def tuned_checkpoint(
     policy: PolicyResource,
     warehouse: WarehouseResource,
     mlflow: MlflowResource,
+    artifacts: ArtifactStoreResource,
 ) -> dg.MaterializeResult:
     spec = domain.load()
     db = warehouse.get()
@@ -91,11 +102,7 @@ def tuned_checkpoint(
             mlf.log_metrics({k: v for k, v in metrics.items() if k != "loss_curve"})
             mlf.log_dict(pairs.head(50).to_dicts(), "pairs_sample.json")
             mlf.log_artifacts(str(out_dir), artifact_path="model")
-            client = mlf.MlflowClient()
-            if not client.search_registered_models(filter_string=f"name = '{mlflow.registered_model}'"):
-                client.create_registered_model(mlflow.registered_model)
-            version = client.create_model_version(mlflow.registered_model, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
-            run_id, model_version = run.info.run_id, version.version
+            run_id, model_version = run.info.run_id, mlflow.register(run)
         with db.transaction() as con:
             db.insert(
                 con,
@@ -117,11 +124,13 @@ def tuned_checkpoint(
                 ),
             )
         shutil.rmtree(work_dir, ignore_errors=True)
+    published = artifacts.publish(out_dir, "checkpoints")
     return dg.MaterializeResult(
         metadata={
             "checkpoint_id": ckpt,
             "parent": parent.version,
             "path": dg.MetadataValue.path(str(out_dir)),
+            **({"published": dg.MetadataValue.path(published)} if published else {}),
             "pairs": pairs.height,
             "stale_candidates_left_out": stale,
             "mean_chosen_reward": float(pairs["chosen_reward"].mean()),

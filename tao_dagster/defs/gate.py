@@ -3,6 +3,7 @@
 import dagster as dg
 
 from tao_dagster.defs.checkpoint import tuned_checkpoint
+from tao_dagster.defs.deploy import gpu_step
 from tao_dagster.defs.heldout import answer_rewards, heldout_answers, heldout_prompts, pointwise_scorers
 from tao_dagster.defs.policy import base_policy, champion_policy, checkpoint_policy
 from tao_dagster.defs.resources import TRANSIENT_RETRY, DomainResource, MlflowResource, PolicyResource, WarehouseResource
@@ -13,6 +14,7 @@ from tao_dagster.evaluation import compare, promotion_decision
     asset=tuned_checkpoint,
     blocking=True,
     retry_policy=TRANSIENT_RETRY,
+    op_tags=gpu_step(),
     description="Blocking: the new checkpoint answers the held-out prompts; it is promoted (the MLflow alias "
     "`champion` moves to its model version) only if its mean reward beats the base model's and the current "
     "champion's with the 95% CI of the paired difference above zero. Otherwise the old champion stays and "

@@ -5,6 +5,7 @@ import json
 import dagster as dg
 import polars as pl
 
+from tao_dagster.defs.deploy import cpu_step
 from tao_dagster.defs.partitions import prompt_partition_asset
 from tao_dagster.defs.resources import TRANSIENT_RETRY, DomainResource, LogSourceResource, WarehouseResource
 from tao_dagster.evaluation import markdown_table
@@ -33,6 +34,7 @@ def reconcile_counts(per_partition: list[dict]) -> dg.AssetCheckResult:
 @prompt_partition_asset(
     kinds={"duckdb", "polars"},
     retry_policy=TRANSIENT_RETRY,  # reading from S3
+    op_tags=cpu_step(),
     description="Prompts parsed from one production log file: deduplicated by a hash of the normalised "
     "messages, a deterministic held-out slice set aside for evaluation only, bad rows quarantined with reason.",
     check_specs=[

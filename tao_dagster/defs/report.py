@@ -7,10 +7,19 @@ import dagster as dg
 import polars as pl
 
 from tao_dagster.defs.checkpoint import tuned_checkpoint
+from tao_dagster.defs.deploy import gpu_step
 from tao_dagster.defs.heldout import answer_rewards, heldout_answers, heldout_prompts, pointwise_scorers
 from tao_dagster.defs.policy import base_policy, checkpoint_policy
 from tao_dagster.defs.prompts import raw_prompts
-from tao_dagster.defs.resources import TRANSIENT_RETRY, DomainResource, MlflowResource, PolicyResource, WarehouseResource, tao_home
+from tao_dagster.defs.resources import (
+    TRANSIENT_RETRY,
+    ArtifactStoreResource,
+    DomainResource,
+    MlflowResource,
+    PolicyResource,
+    WarehouseResource,
+    tao_home,
+)
 from tao_dagster.defs.scores import NO_HACKING_ALARMS, candidate_rewards, hacking_check
 from tao_dagster.diagnostics import alarm_rows, answer_alarms
 from tao_dagster.evaluation import answer_distribution, compare, load_labels, outside_check, plot_report, write_report
@@ -22,6 +31,7 @@ from tao_dagster.rewards import extract_field
     group_name="tao",
     kinds={"mlflow", "duckdb"},
     retry_policy=TRANSIENT_RETRY,
+    op_tags=gpu_step(),
     check_specs=[
         dg.AssetCheckSpec(
             NO_HACKING_ALARMS,
@@ -54,6 +64,7 @@ def eval_report(
     policy: PolicyResource,
     warehouse: WarehouseResource,
     mlflow: MlflowResource,
+    artifacts: ArtifactStoreResource,
 ):
     spec = domain.load()
     db = warehouse.get()
@@ -114,6 +125,7 @@ def eval_report(
         for path in (json_path, md_path, plot):
             mlf.log_artifact(str(path), artifact_path="eval")
 
+    published = artifacts.publish(out_dir, "reports")
     check = report.get("outside_check", {})
     image = base64.b64encode(plot.read_bytes()).decode()
     return dg.MaterializeResult(
@@ -122,6 +134,7 @@ def eval_report(
             "report_json": dg.MetadataValue.path(str(json_path)),
             "report_md": dg.MetadataValue.path(str(md_path)),
             "plot": dg.MetadataValue.path(str(plot)),
+            **({"published": dg.MetadataValue.path(published)} if published else {}),
             **numbers,
         },
         check_results=[

@@ -12,14 +12,13 @@ from typing import Literal
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from tao_dagster.defs.deploy import PROJECT_ROOT, gpus, profile
 from tao_dagster.defs.partitions import partition_key
 from tao_dagster.domain import Domain, load_domain
 from tao_dagster.generation import EngineSettings
 from tao_dagster.ingest import LOG_SUFFIXES, LongPrompts
 from tao_dagster.models import check_base_model, resolve_base_model
 from tao_dagster.warehouse import Warehouse
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # For the steps whose failures can pass: a generation engine that fails to start, MLflow or S3 I/O. Retried
 # after 10 s, then 30 s; each retry resumes from what the failed attempt stored. Deterministic errors (bad
@@ -40,6 +39,13 @@ def keep_caches_in_home() -> None:
         os.environ.setdefault(var, str(home / path))
     for var in ("VLLM_NO_USAGE_STATS", "DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "HF_HUB_DISABLE_TELEMETRY"):
         os.environ.setdefault(var, "1")
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/some/prefix` -> ("bucket", "some/prefix/"); the prefix is "" at the bucket's root."""
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/" if prefix else ""
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -84,11 +90,6 @@ class LogSourceResource(dg.ConfigurableResource):
     location: str
     s3: S3Resource
 
-    def _bucket_prefix(self) -> tuple[str, str]:
-        bucket, _, prefix = self.location.removeprefix("s3://").partition("/")
-        prefix = prefix.strip("/")
-        return bucket, f"{prefix}/" if prefix else ""
-
     def list_files(self) -> dict[str, LogFile]:
         """Partition key -> log file, for every file with a log suffix (sub-folders of a local folder are not read)."""
         files = self._list_s3() if self.location.startswith("s3://") else self._list_folder()
@@ -108,7 +109,7 @@ class LogSourceResource(dg.ConfigurableResource):
     def _list_s3(self) -> list[tuple[str, str, str]]:
         from dagster_aws.s3.sensor import get_objects
 
-        bucket, prefix = self._bucket_prefix()
+        bucket, prefix = split_s3_url(self.location)
         try:
             objects = get_objects(bucket, prefix, client=self.s3.get_client())
         except Exception as err:
@@ -138,6 +139,33 @@ class LogSourceResource(dg.ConfigurableResource):
         return local, found.fingerprint
 
 
+class ArtifactStoreResource(dg.ConfigurableResource):
+    """Where checkpoints and reports are published besides the project home: nowhere more ("", the laptop),
+    or `s3://bucket/prefix` through dagster-aws's S3Resource, so that they outlive the pod that wrote them."""
+
+    location: str = ""
+    s3: S3Resource
+
+    def publish(self, folder: Path, kind: str) -> str | None:
+        """Copy `folder` to <location>/<kind>/<folder name>/, skipping objects already there with the same
+        size (a rerun or a reused checkpoint uploads nothing); its URI, or None without a location."""
+        if not self.location:
+            return None
+        bucket, prefix = split_s3_url(self.location)
+        base = f"{prefix}{kind}/{folder.name}"
+        client = self.s3.get_client()
+        stored = {
+            obj["Key"]: obj["Size"]
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{base}/")
+            for obj in page.get("Contents", [])
+        }
+        for path in sorted(folder.rglob("*")):
+            key = f"{base}/{path.relative_to(folder).as_posix()}"
+            if path.is_file() and stored.get(key) != path.stat().st_size:
+                client.upload_file(str(path), bucket, key)
+        return f"s3://{bucket}/{base}"
+
+
 class PolicyResource(dg.ConfigurableResource):
     """The base model and how to run it. `base_model`: `embedded`, a Hugging Face id, a directory or a .gguf file."""
 
@@ -147,11 +175,12 @@ class PolicyResource(dg.ConfigurableResource):
     seed: int = 0
     max_model_len: int = 1024
     gpu_memory_utilization: float = 0.3
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: int = 1  # GPUs vLLM splits the model over
     block_size: int = 32  # vLLM KV-cache block in tokens; 0 keeps vLLM's default
     # Candidates generated and stored per warehouse transaction: a crash loses at most the chunk in flight.
     # Big enough for vLLM to batch well; the engine stays loaded across chunks.
     generation_chunk: int = 512
+    train_processes: int = 1  # data-parallel training processes, one per GPU (accelerate); 1 trains in the step's process
 
     def base_path(self) -> str:
         try:
@@ -201,6 +230,13 @@ class MlflowResource(dg.ConfigurableResource):
         except MlflowException:  # no registered model yet, or no version under the alias
             return None
 
+    def register(self, run) -> str:
+        """Register the run's `model` artifact as a new version of the registered model; returns the version."""
+        client = self.client()
+        if not client.search_registered_models(filter_string=f"name = '{self.registered_model}'"):
+            client.create_registered_model(self.registered_model)
+        return client.create_model_version(self.registered_model, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id).version
+
     def promote(self, model_version: str) -> None:
         self.client().set_registered_model_alias(self.registered_model, self.champion_alias, model_version)
 
@@ -223,7 +259,8 @@ class FlywheelResource(dg.ConfigurableResource):
 
 def check_settings(resources: dict) -> None:
     """Fail when the code location loads, naming the setting and its fix, rather than minutes into a run.
-    Only cheap checks: the domain file and its scorers, a local base model path, a local log folder."""
+    Only cheap checks: the domain file and its scorers, a local base model path, a local log folder, and in
+    the `prod` profile that logs and artifacts are in S3 and MLflow is a server, since pods do not keep files."""
     try:
         load_domain(resources["domain"].domain_file)
     except ValueError as err:
@@ -231,6 +268,15 @@ def check_settings(resources: dict) -> None:
     check_base_model(resources["policy"].base_model)
     if not resources["logs"].location.startswith("s3://"):  # a bucket is checked by the sensor's first listing
         resources["logs"].list_files()
+    if profile() == "prod":
+        needed = {
+            "TAO_LOGS": resources["logs"].location.startswith("s3://"),
+            "TAO_ARTIFACTS": resources["artifacts"].location.startswith("s3://"),
+            "MLFLOW_TRACKING_URI": resources["mlflow"].tracking_uri.startswith(("http://", "https://", "databricks")),
+        }
+        missing = [name for name, ok in needed.items() if not ok]
+        if missing:
+            raise ValueError(f"TAO_PROFILE=prod: set {', '.join(missing)} (logs and artifacts at s3://..., MLflow at a server's URL)")
 
 
 def default_resources() -> dict:
@@ -240,20 +286,26 @@ def default_resources() -> dict:
     logs = os.environ.get("TAO_LOGS") or str(home / "logs")
     if "TAO_LOGS" not in os.environ:
         (home / "logs").mkdir(parents=True, exist_ok=True)
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    # A tracking server decides where artifacts go (its --artifacts-destination); a local store keeps them in the home.
+    local_store = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+    artifact_location = (home / "mlflow" / "artifacts").as_uri() if local_store else ""
     resources = {
         "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
         "domain": DomainResource(domain_file=os.environ.get("TAO_DOMAIN", str(demo / "domain.yaml"))),
         "logs": LogSourceResource(location=logs, s3=S3Resource()),
         "flywheel": FlywheelResource(min_new_prompts=int(os.environ.get("TAO_ROUND_MIN_NEW_PROMPTS", "50"))),
+        "artifacts": ArtifactStoreResource(location=os.environ.get("TAO_ARTIFACTS", ""), s3=S3Resource()),
         "policy": PolicyResource(
             base_model=os.environ.get("TAO_BASE_MODEL", "embedded"),
             cache_dir=str(home / "cache"),
             engine=os.environ.get("TAO_ENGINE", "auto"),
+            gpu_memory_utilization=float(os.environ.get("TAO_GPU_MEMORY_UTILIZATION", "0.3")),
+            block_size=int(os.environ.get("TAO_VLLM_BLOCK_SIZE", "32")),
+            tensor_parallel_size=gpus(),
+            train_processes=gpus(),
         ),
-        "mlflow": MlflowResource(
-            tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
-            artifact_location=(home / "mlflow" / "artifacts").as_uri(),
-        ),
+        "mlflow": MlflowResource(tracking_uri=tracking_uri, artifact_location=artifact_location),
     }
     check_settings(resources)
     return resources

@@ -4,6 +4,7 @@ import dagster as dg
 import polars as pl
 
 from tao_dagster.defs.candidates import candidate_responses
+from tao_dagster.defs.deploy import cpu_step
 from tao_dagster.defs.partitions import prompt_partition_asset
 from tao_dagster.defs.resources import DomainResource, WarehouseResource
 from tao_dagster.diagnostics import Alarm, alarm_rows, calibrate, candidate_alarms, per_scorer, scorer_agreement, spearman
@@ -63,6 +64,7 @@ NO_HACKING_ALARMS = "no_reward_hacking_alarms"
         )
     ],
     kinds={"duckdb", "polars"},
+    op_tags=cpu_step(),
     description="Label-free scores of every candidate (rules, embedding-based content fit, self-consistency), "
     "combined with the domain's weights and normalised per prompt. Scorers are versioned: a changed scorer re-scores only itself.",
 )
