@@ -12,6 +12,8 @@ from tao_dagster.defs.partitions import log_files
 from tao_dagster.defs.resources import PROJECT_ROOT, LogSourceResource
 from tao_dagster.models import resolve_base_model
 
+from .servers import S3_CREDENTIALS, postgres_bin, postgres_server, s3_server
+
 # The same cache the demo uses: the GGUF conversion (about 25 s) happens once per machine.
 MODEL_CACHE = PROJECT_ROOT / ".tao_home" / "cache"
 BANKING = PROJECT_ROOT / "assets" / "banking"
@@ -78,3 +80,24 @@ def sensor_tick(instance, logs: LogSourceResource, cursor: str | None) -> dg.Sen
     for request in result.dynamic_partitions_requests:
         instance.add_dynamic_partitions(log_files.name, list(request.partition_keys))
     return result
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch):
+    """moto's S3 server on a free loopback port, with test credentials in the environment; always stopped."""
+    with s3_server() as url:
+        for var, value in S3_CREDENTIALS.items():
+            monkeypatch.setenv(var, value)
+        yield url
+
+
+@pytest.fixture
+def postgres(monkeypatch):
+    """A throwaway PostgreSQL cluster, its DAGSTER_PG_* variables set as deploy/dagster.prod.yaml reads them;
+    always stopped. Skipped where Debian's postgresql package is not installed (`make system` installs it)."""
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed")
+    with postgres_server() as variables:
+        for var, value in variables.items():
+            monkeypatch.setenv(var, value)
+        yield variables

@@ -1,13 +1,9 @@
-"""The log sensor against a local folder and against a real S3 endpoint (moto in server mode on 127.0.0.1),
-through the same LogSourceResource and dagster-aws S3Resource the product uses."""
+"""The log sensor against a local folder and against a real S3 endpoint (moto in server mode on 127.0.0.1,
+the `s3_endpoint` fixture), through the same LogSourceResource and dagster-aws S3Resource the product uses."""
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import dagster as dg
@@ -80,36 +76,6 @@ def test_sensor_on_a_local_folder(tmp_path):
     logs = LogSourceResource(location=str(folder), s3=S3Resource())
     with dg.instance_for_test() as instance:
         sensor_lifecycle(instance, logs, put, tmp_path, "2026-11-07 night.jsonl")
-
-
-@pytest.fixture
-def s3_endpoint(monkeypatch):
-    """moto's S3 server on a free loopback port, always stopped."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.2)
-        for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
-            monkeypatch.setenv(var, value)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_sensor_on_an_s3_prefix(s3_endpoint, tmp_path, monkeypatch):
