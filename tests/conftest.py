@@ -6,10 +6,21 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+from dagster_aws.s3 import S3Resource
 
-from tao_dagster.defs.flywheel import new_log_files
+from tao_dagster.defs.flywheel import new_log_files, round_assets
+from tao_dagster.defs.gate import promotion_gate
 from tao_dagster.defs.partitions import log_files
-from tao_dagster.defs.resources import PROJECT_ROOT, LogSourceResource
+from tao_dagster.defs.resources import (
+    PROJECT_ROOT,
+    ArtifactStoreResource,
+    DomainResource,
+    FlywheelResource,
+    LogSourceResource,
+    MlflowResource,
+    PolicyResource,
+    WarehouseResource,
+)
 from tao_dagster.models import resolve_base_model
 
 from .servers import S3_CREDENTIALS, postgres_bin, postgres_server, s3_server
@@ -71,6 +82,32 @@ def tiny_model_dir(embedded_model_dir, tmp_path_factory) -> Path:
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def tiny_resources(home: Path, logs: Path, model: Path, domain_file: Path, artifacts: ArtifactStoreResource | None = None) -> dict:
+    """The resources of a project home with the tiny model on a domain it can learn, its logs in a local folder."""
+    return {
+        "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
+        "domain": DomainResource(domain_file=str(domain_file), heldout_fraction=0.3),
+        "logs": LogSourceResource(location=str(logs), s3=S3Resource()),
+        "policy": PolicyResource(base_model=str(model), cache_dir=str(home / "cache"), engine="transformers"),
+        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", artifact_location=(home / "mlruns").as_uri()),
+        "artifacts": artifacts or ArtifactStoreResource(s3=S3Resource()),
+        "flywheel": FlywheelResource(min_new_prompts=5),
+    }
+
+
+def run_round(instance, resources, gate: bool = True, **train) -> dg.ExecuteInProcessResult:
+    """tuned_checkpoint, its promotion gate (unless `gate` is false) and eval_report, with DPO settings for a
+    handful of pairs."""
+    config = {"batch_size": 4, "min_chosen_reward": 0.0, "min_margin": 0.0, "max_pairs": 0, **train}
+    return dg.materialize(
+        [*round_assets, promotion_gate] if gate else round_assets,
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"tuned_checkpoint": {"config": config}}},
+        raise_on_error=False,
+    )
 
 
 def sensor_tick(instance, logs: LogSourceResource, cursor: str | None) -> dg.SensorResult:

@@ -2,21 +2,12 @@
 
 import dagster as dg
 import pytest
-from dagster_aws.s3 import S3Resource
 
-from tao_dagster.defs.flywheel import flywheel_round, prompt_assets, round_assets
-from tao_dagster.defs.gate import promotion_gate
+from tao_dagster.defs.flywheel import flywheel_round, prompt_assets
 from tao_dagster.defs.policy import champion_policy
-from tao_dagster.defs.resources import (
-    DomainResource,
-    FlywheelResource,
-    LogSourceResource,
-    MlflowResource,
-    PolicyResource,
-    WarehouseResource,
-)
+from tao_dagster.defs.resources import MlflowResource
 
-from .conftest import sensor_tick, write_banking_log
+from .conftest import run_round, sensor_tick, tiny_resources, write_banking_log
 
 PLANTED_SECRETS = {
     "AWS_ACCESS_KEY_ID": "AKIAPLANTED7Q2X9Z",
@@ -34,32 +25,13 @@ def tiny_flywheel(tmp_path, tiny_model_dir, learnable_domain_file, monkeypatch):
     for name, value in PLANTED_SECRETS.items():
         monkeypatch.setenv(name, value)
     (tmp_path / "logs").mkdir()
-    home = tmp_path / "home"
-    return {
-        "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
-        "domain": DomainResource(domain_file=str(learnable_domain_file), heldout_fraction=0.3),
-        "logs": LogSourceResource(location=str(tmp_path / "logs"), s3=S3Resource()),
-        "policy": PolicyResource(base_model=str(tiny_model_dir), cache_dir=str(home / "cache"), engine="transformers"),
-        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", artifact_location=(home / "mlruns").as_uri()),
-        "flywheel": FlywheelResource(min_new_prompts=5),
-    }
+    return tiny_resources(tmp_path / "home", tmp_path / "logs", tiny_model_dir, learnable_domain_file)
 
 
 def round_trigger(instance, resources):
     """One evaluation of the flywheel schedule."""
     with dg.build_schedule_context(instance=instance, resources=resources) as context:
         return flywheel_round(context)
-
-
-def run_round(instance, resources, **train) -> dg.ExecuteInProcessResult:
-    config = {"batch_size": 4, "min_chosen_reward": 0.0, "min_margin": 0.0, "max_pairs": 0, **train}
-    return dg.materialize(
-        [*round_assets, promotion_gate],
-        instance=instance,
-        resources=resources,
-        run_config={"ops": {"tuned_checkpoint": {"config": config}}},
-        raise_on_error=False,
-    )
 
 
 def gate_of(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
