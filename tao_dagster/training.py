@@ -7,6 +7,8 @@ candidates, so the tuned model learns to answer well without it and serves at th
 import hashlib
 import json
 import logging
+import os
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -93,7 +95,7 @@ def last_saved_checkpoint(work_dir: Path) -> Path | None:
     return max(saved, key=lambda path: int(path.name.removeprefix("checkpoint-")), default=None)
 
 
-def train_dpo(model_path: str, pairs: list[dict], settings: TrainSettings, out_dir: Path, work_dir: Path) -> dict:
+def train_dpo(model_path: str, pairs: list[dict], settings: TrainSettings, out_dir: Path, work_dir: Path, processes: int = 1) -> dict:
     """Train LoRA adapters with DPO, merge them and save a standalone model to `out_dir`.
 
     `pairs` are TRL conversational records: {"prompt": [messages], "chosen": [msg], "rejected": [msg]}.
@@ -101,11 +103,41 @@ def train_dpo(model_path: str, pairs: list[dict], settings: TrainSettings, out_d
     the same checkpoint id) resumes from it. DPOTrainer computes the reference log-probs from the parent
     before the checkpoint's adapter is loaded, so a resumed run has the same reference as the first.
     Returns the training metrics and the loss curve of all steps, those before a resume included.
+    `processes` > 1 trains data-parallel, one process per GPU, under `accelerate launch`; `batch_size`
+    stays the pairs per optimiser step, split across the processes, so the checkpoint means the same.
     """
+    if settings.batch_size % processes:
+        raise ValueError(f"batch_size {settings.batch_size} must be a multiple of the {processes} training processes")
+    from datasets import Dataset
+
+    if processes > 1:
+        return launch_data_parallel(model_path, Dataset.from_list(pairs), settings, out_dir, work_dir, processes)
+    return _train(model_path, Dataset.from_list(pairs), settings, out_dir, work_dir)
+
+
+def launch_data_parallel(model_path: str, pairs, settings: TrainSettings, out_dir: Path, work_dir: Path, processes: int) -> dict:
+    """Run `_train` in `processes` processes under `accelerate launch` (torch.distributed: NCCL on GPUs, gloo
+    on CPUs) and return the metrics its first process writes. The pairs are saved to disk first, so the
+    tokenized copy the first process caches beside them is there for the others (an in-memory dataset's
+    temporary cache is not)."""
+    import shutil
+    import subprocess
+
+    shutil.rmtree(work_dir / "pairs", ignore_errors=True)
+    pairs.save_to_disk(work_dir / "pairs")
+    job = work_dir / "job.json"
+    job.write_text(json.dumps({"model_path": model_path, "settings": settings.model_dump(), "out_dir": str(out_dir)}))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # bf16 is set by TrainSettings
+    subprocess.run([*launch, "-m", "tao_dagster.training", str(job)], check=True)
+    return json.loads((work_dir / "metrics.json").read_text())
+
+
+def _train(model_path: str, pairs, settings: TrainSettings, out_dir: Path, work_dir: Path) -> dict | None:
+    """One training process; in a data-parallel launch only the first process saves and returns the metrics."""
     import time
 
     import torch
-    from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
@@ -122,7 +154,7 @@ def train_dpo(model_path: str, pairs: list[dict], settings: TrainSettings, out_d
         loss_weights=[1.0, settings.sft_weight] if settings.sft_weight else None,
         learning_rate=settings.learning_rate,
         num_train_epochs=settings.epochs,
-        per_device_train_batch_size=settings.batch_size,
+        per_device_train_batch_size=settings.batch_size // int(os.environ.get("WORLD_SIZE", "1")),
         max_length=settings.max_length,
         precompute_ref_log_probs=settings.precompute_ref_log_probs,
         bf16=settings.bf16,
@@ -135,18 +167,21 @@ def train_dpo(model_path: str, pairs: list[dict], settings: TrainSettings, out_d
         report_to="none",
         seed=settings.seed,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # LoRA trains every adapter it adds
         use_cpu=not torch.cuda.is_available(),
     )
     lora = LoraConfig(
         r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
     )
-    trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer, peft_config=lora)
+    trainer = DPOTrainer(model=model, args=config, train_dataset=pairs, processing_class=tokenizer, peft_config=lora)
     resume = last_saved_checkpoint(work_dir)
     if resume:
         log.info("resuming from %s", resume)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
+    if not trainer.accelerator.is_main_process:
+        return None
     history = [h for h in trainer.state.log_history if "loss" in h]
     merged = trainer.model.merge_and_unload()
     merged = merged.to(torch.bfloat16)
@@ -171,3 +206,20 @@ def train_dpo(model_path: str, pairs: list[dict], settings: TrainSettings, out_d
         "train_seconds": seconds,
         "loss_curve": loss_curve,
     }
+
+
+def main(job_file: str) -> None:
+    """Entry point of each process of a data-parallel launch (see launch_data_parallel)."""
+    from datasets import load_from_disk
+
+    work_dir = Path(job_file).parent
+    job = json.loads(Path(job_file).read_text())
+    metrics = _train(
+        job["model_path"], load_from_disk(work_dir / "pairs"), TrainSettings(**job["settings"]), Path(job["out_dir"]), work_dir
+    )
+    if metrics is not None:
+        (work_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -42,25 +42,39 @@ def test_checkpoint_id_depends_on_parent_settings_and_data():
     assert base[1] != checkpoint_id("base:m", TrainSettings(), pairs.head(1))[1]
 
 
+def card_pairs(n: int) -> list[dict]:
+    prompt = [{"role": "user", "content": "Classify: where is my card?"}]
+    chosen, rejected = [{"role": "assistant", "content": '{"topic": "card"}'}], [{"role": "assistant", "content": "no idea"}]
+    return [{"prompt": prompt, "chosen": chosen, "rejected": rejected}] * n
+
+
 def test_dpo_trains_and_saves_a_merged_model(tiny_model_dir, tmp_path):
     """Real TRL DPO + LoRA on a tiny random model: the merged model loads and differs from its parent."""
+    out = tmp_path / "ckpt"
+    metrics = train_dpo(str(tiny_model_dir), card_pairs(4), TrainSettings(batch_size=2, learning_rate=1e-2), out, tmp_path / "work")
+    assert metrics["steps"] == 2 and metrics["pairs"] == 4
+    assert len(metrics["loss_curve"]) == 2
+    assert_merged_and_changed(out, tiny_model_dir)
+
+
+def test_data_parallel_training_under_accelerate(tiny_model_dir, tmp_path):
+    """Two processes under `accelerate launch` (gloo on this CPU; NCCL on GPUs): the batch is split between
+    them, so 8 pairs in batches of 4 still take 2 optimiser steps, and one merged model is saved."""
+    out = tmp_path / "ckpt"
+    settings = TrainSettings(batch_size=4, learning_rate=1e-2)
+    metrics = train_dpo(str(tiny_model_dir), card_pairs(8), settings, out, tmp_path / "work", processes=2)
+    assert metrics["steps"] == 2 and metrics["pairs"] == 8 and len(metrics["loss_curve"]) == 2
+    assert_merged_and_changed(out, tiny_model_dir)
+    with pytest.raises(ValueError, match="batch_size 4 must be a multiple of the 3 training processes"):
+        train_dpo(str(tiny_model_dir), card_pairs(8), settings, out, tmp_path / "work", processes=3)
+
+
+def assert_merged_and_changed(out, parent_dir) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    prompt = [{"role": "user", "content": "Classify: where is my card?"}]
-    pairs = [
-        {
-            "prompt": prompt,
-            "chosen": [{"role": "assistant", "content": '{"topic": "card"}'}],
-            "rejected": [{"role": "assistant", "content": "no idea"}],
-        }
-    ] * 4
-    out = tmp_path / "ckpt"
-    metrics = train_dpo(str(tiny_model_dir), pairs, TrainSettings(batch_size=2, learning_rate=1e-2), out, tmp_path / "work")
-    assert metrics["steps"] == 2 and metrics["pairs"] == 4
-    assert len(metrics["loss_curve"]) == 2
     tuned = AutoModelForCausalLM.from_pretrained(out)
-    parent = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    parent = AutoModelForCausalLM.from_pretrained(parent_dir)
     assert not any("lora" in name for name in tuned.state_dict())
     changed = [n for n, p in tuned.state_dict().items() if not torch.equal(p.to(torch.float32), parent.state_dict()[n].to(torch.float32))]
     assert changed, "training changed no weight"

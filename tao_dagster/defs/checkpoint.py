@@ -96,7 +96,7 @@ def tuned_checkpoint(
                     "domain": spec.name,
                 }
             )
-            metrics = train_dpo(parent.path, records, settings, out_dir, work_dir)
+            metrics = train_dpo(parent.path, records, settings, out_dir, work_dir, policy.train_processes)
             for step, loss in enumerate(metrics["loss_curve"], start=1):
                 mlf.log_metric("train_loss", loss, step=step)
             mlf.log_metrics({k: v for k, v in metrics.items() if k != "loss_curve"})
