@@ -16,7 +16,7 @@ def fresh_home(tmp_path, monkeypatch):
 
 
 def test_the_defaults_load():
-    assert set(default_resources()) == {"warehouse", "domain", "logs", "flywheel", "policy", "mlflow"}
+    assert set(default_resources()) == {"warehouse", "domain", "logs", "flywheel", "artifacts", "policy", "mlflow"}
 
 
 @pytest.mark.parametrize(
