@@ -11,7 +11,14 @@ from dagster_aws.s3 import S3Resource
 
 from tao_dagster.defs.candidates import candidate_responses
 from tao_dagster.defs.partitions import log_files
-from tao_dagster.defs.resources import DomainResource, LogSourceResource, MlflowResource, PolicyResource, WarehouseResource
+from tao_dagster.defs.resources import (
+    ArtifactStoreResource,
+    DomainResource,
+    LogSourceResource,
+    MlflowResource,
+    PolicyResource,
+    WarehouseResource,
+)
 from tao_dagster.training import TrainSettings, train_dpo
 from tao_dagster.warehouse import Warehouse
 
@@ -26,6 +33,7 @@ def pipeline_resources(home: Path, model_dir: str, domain_file: str, **policy_se
         "logs": LogSourceResource(location=str(home / "logs"), s3=S3Resource()),
         "policy": PolicyResource(base_model=model_dir, cache_dir=str(home / "cache"), engine="transformers", **policy_settings),
         "mlflow": MlflowResource(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", artifact_location=(home / "mlruns").as_uri()),
+        "artifacts": ArtifactStoreResource(s3=S3Resource()),
     }
 
 

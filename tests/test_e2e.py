@@ -13,7 +13,15 @@ from dagster_aws.s3 import S3Resource
 from tao_dagster.defs.flywheel import prompt_assets, round_assets
 from tao_dagster.defs.gate import promotion_gate
 from tao_dagster.defs.partitions import log_files
-from tao_dagster.defs.resources import PROJECT_ROOT, DomainResource, LogSourceResource, MlflowResource, PolicyResource, WarehouseResource
+from tao_dagster.defs.resources import (
+    PROJECT_ROOT,
+    ArtifactStoreResource,
+    DomainResource,
+    LogSourceResource,
+    MlflowResource,
+    PolicyResource,
+    WarehouseResource,
+)
 
 from .conftest import MODEL_CACHE
 
@@ -56,6 +64,7 @@ def tiny_demo(tmp_path, monkeypatch):
         "mlflow": MlflowResource(
             tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}", artifact_location=(tmp_path / "home" / "mlruns").as_uri()
         ),
+        "artifacts": ArtifactStoreResource(s3=S3Resource()),
     }
 
 
