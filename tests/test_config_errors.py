@@ -60,3 +60,13 @@ def test_a_bad_scorer(monkeypatch, tmp_path, scorer, message):
     monkeypatch.setenv("TAO_DOMAIN", str(tmp_path / "domain.yaml"))
     with pytest.raises(ValueError, match=r"TAO_DOMAIN: domain file .*domain.yaml: " + message):
         default_resources()
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [("TAO_GPUS", "two", "TAO_GPUS: 'two' is not a number of GPUs"), ("TAO_PROFILE", "k8s", "TAO_PROFILE: 'k8s' is not a profile")],
+)
+def test_deployment_settings_are_checked(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        default_resources()

@@ -25,7 +25,10 @@ def profile() -> str:
 
 def gpus() -> int:
     """GPUs of a GPU step's pod (TAO_GPUS): vLLM's tensor-parallel size and the training processes."""
-    return int(os.environ.get("TAO_GPUS", "1"))
+    value = os.environ.get("TAO_GPUS", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"TAO_GPUS: {value!r} is not a number of GPUs (1 or more)")
+    return int(value)
 
 
 def cpu_step() -> dict:
