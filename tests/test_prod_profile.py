@@ -51,6 +51,7 @@ def test_prod_instance_keeps_a_partitioned_run_in_postgres(postgres, s3_endpoint
         ref = instance.get_ref()
         assert ref.run_launcher_data.class_name == "K8sRunLauncher"  # configured; starting it needs a cluster
         assert postgres["DAGSTER_PG_PASSWORD"] not in repr(ref), "the instance ref handed to subprocesses names the variable only"
+        assert instance.run_monitoring_enabled and instance.run_retries_max_retries == 1
         instance.add_dynamic_partitions(log_files.name, ["2026-11-02.csv"])
         result = dg.materialize([raw_prompts], instance=instance, resources=resources, partition_key="2026-11-02.csv")
         assert result.success
@@ -208,6 +209,10 @@ CHART_KEYS = {
     "dagsterDaemon.runCoordinator.enabled",
     "dagsterDaemon.runCoordinator.type",
     "dagsterDaemon.runCoordinator.config.queuedRunCoordinator.maxConcurrentRuns",
+    "dagsterDaemon.runMonitoring.enabled",
+    "dagsterDaemon.runMonitoring.startTimeoutSeconds",
+    "dagsterDaemon.runRetries.enabled",
+    "dagsterDaemon.runRetries.maxRetries",
     "telemetry.enabled",
 }
 USER_DEPLOYMENT_KEYS = {"name", "image", "dagsterApiGrpcArgs", "port", "env", "envConfigMaps", "envSecrets"}
@@ -239,6 +244,9 @@ def test_helm_values_match_the_chart_and_the_prod_instance():
     assert values["postgresql"]["postgresqlScheme"] == instance["storage"]["postgres"]["postgres_db"]["scheme"]
     queued = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
     assert queued["maxConcurrentRuns"] == instance["run_coordinator"]["config"]["max_concurrent_runs"]
+    monitoring, retries = values["dagsterDaemon"]["runMonitoring"], values["dagsterDaemon"]["runRetries"]
+    assert (monitoring["enabled"], monitoring["startTimeoutSeconds"]) == (True, instance["run_monitoring"]["start_timeout_seconds"])
+    assert (retries["enabled"], retries["maxRetries"]) == (True, instance["run_retries"]["max_retries"])
 
     pvc = yaml.safe_load((DEPLOY / "k8s" / "tao-home-pvc.yaml").read_text())
     assert k8s_model(V1PersistentVolumeClaim, pvc).spec.access_modes == ["ReadWriteMany"]
