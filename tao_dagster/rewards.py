@@ -334,6 +334,8 @@ class LengthScorer(Scorer):
             raise self.invalid("needs min, max or both")
         if p.get("unit", "words") not in ("words", "chars"):
             raise self.invalid(f"unit must be words or chars, not {p['unit']!r}")
+        if not all(isinstance(p.get(k, 0), int | float) for k in ("min", "max")):
+            raise self.invalid("min and max must be numbers")
         if not 0 <= p.get("min", 0) <= p.get("max", math.inf):
             raise self.invalid(f"needs 0 <= min <= max, got min {p.get('min')} and max {p.get('max')}")
 
@@ -370,6 +372,8 @@ class TermsScorer(Scorer):
     kind = "terms"
 
     def check(self):
+        if not all(isinstance(self.params.get(k, []), list) for k in ("required", "forbidden")):
+            raise self.invalid("required and forbidden must be lists of terms")
         terms = [*self.params.get("required", []), *self.params.get("forbidden", [])]
         if not terms:
             raise self.invalid("needs a list of required or forbidden terms")

@@ -161,6 +161,8 @@ def test_terms_score_is_the_share_of_rules_satisfied():
     )
     assert scores == pytest.approx([1.0, 1 / 3, 0.0])
     assert scorer({"kind": "terms", "forbidden": ["sorry"], "field": "reply"}).score([item('{"topic": "card"}')]) == [0.0]
+    with pytest.raises(ValueError, match=r"required and forbidden must be lists of terms"):
+        scorer({"kind": "terms", "required": "sorry"})  # a string would otherwise be read as one term per letter
 
 
 SCORER_MODULE = """
