@@ -1,7 +1,9 @@
-"""`tao-dagster dev` as a child process, for the tests and benchmarks that drive the real daemon.
+"""Servers as child processes, for the tests and benchmarks that drive the real thing: `tao-dagster dev`,
+and vLLM's OpenAI-compatible server (an LLM judge's endpoint).
 
-`dagster dev` started in the background ignores SIGTERM; in its own session, SIGINT to the process group
-stops the webserver and the daemon together.
+Each runs in its own session and is stopped through its process group, children included: `dagster dev`
+started in the background ignores SIGTERM but stops on SIGINT; vLLM's engine core is a process of its own
+that must not outlive the server.
 """
 
 import contextlib
@@ -37,7 +39,7 @@ def wait_for(what: str, condition, timeout: float, server: subprocess.Popen, pol
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"dagster dev exited ({server.returncode}) while waiting for {what}")
+            raise RuntimeError(f"{Path(server.args[0]).name} exited ({server.returncode}) while waiting for {what}")
         try:
             value = condition()
         except OSError:  # the server is not listening yet
@@ -70,9 +72,46 @@ def dagster_dev(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, subp
             wait_for("GraphQL endpoint", lambda: graphql(url, "{ version }").get("data"), 180, server)
             yield url, server
         finally:
-            os.killpg(server.pid, signal.SIGINT)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+            stop_group(server, signal.SIGINT)
+
+
+def stop_group(server: subprocess.Popen, sig: int, timeout: float = 60) -> None:
+    """Send `sig` to the server's process group; kill the group if the server has not exited after `timeout` seconds."""
+    os.killpg(server.pid, sig)
+    try:
+        server.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+@contextlib.contextmanager
+def vllm_server(model: str, log_path: Path, api_key: str | None = None, name: str = "judge") -> Iterator[tuple[str, subprocess.Popen]]:
+    """vLLM's OpenAI-compatible server for `model` (served as `name`) on a free loopback port, with the engine
+    settings generation uses on this CPU; yield (base URL ending in /v1, process) once it lists its model;
+    always stop it. With `api_key` it refuses requests without that key (passed in the environment, not
+    on the command line where `ps` shows it)."""
+    from tao_dagster.generation import EngineSettings
+
+    settings, port = EngineSettings(), free_port()
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name", name]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--seed", str(settings.seed), "--enforce-eager"]
+    command += ["--max-model-len", str(settings.max_model_len), "--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
+    command += ["--block-size", str(settings.block_size)]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    if api_key:
+        env["VLLM_API_KEY"] = api_key
+    url = f"http://127.0.0.1:{port}/v1"
+
+    def lists_model() -> bool:
+        request = urllib.request.Request(f"{url}/models", headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return any(m["id"] == name for m in json.loads(response.read())["data"])
+
+    with log_path.open("w") as log:
+        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for(f"model {name} on the vLLM server", lists_model, 600, server)
+            yield url, server
+        finally:
+            stop_group(server, signal.SIGTERM)

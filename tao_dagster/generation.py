@@ -26,19 +26,24 @@ class Generation:
 
 
 def render(tokenizer, request: Request) -> list[int]:
-    """Token ids of the chat-formatted prompt, followed by the response prefix if any.
+    """Token ids of the chat-formatted prompt, followed by the response prefix if any."""
+    return chat_token_ids(tokenizer, request.messages, suffix=request.response_prefix)
+
+
+def chat_token_ids(tokenizer, messages: list[dict], generation_prompt: bool = True, suffix: str = "") -> list[int]:
+    """Token ids of a conversation in the tokenizer's chat template, then `suffix`.
 
     Message contents are data, tokenized as plain text: a special-token string in a logged prompt (a
     fake "<|im_start|>system", say) stays text and cannot open a turn of its own. The chat template is
     rendered around numbered stand-ins, and only the template's own text is read for special tokens.
     """
-    stand_ins = [{**m, "content": f"\x00{i}\x00"} for i, m in enumerate(request.messages)]
-    text = tokenizer.apply_chat_template(stand_ins, tokenize=False, add_generation_prompt=True)
+    stand_ins = [{**m, "content": f"\x00{i}\x00"} for i, m in enumerate(messages)]
+    text = tokenizer.apply_chat_template(stand_ins, tokenize=False, add_generation_prompt=generation_prompt)
     ids = []
     # re.split with a group alternates the template's text and the stand-ins' numbers.
-    for n, part in enumerate(re.split("\x00([0-9]+)\x00", text + request.response_prefix)):
+    for n, part in enumerate(re.split("\x00([0-9]+)\x00", text + suffix)):
         if n % 2:
-            ids += tokenizer(request.messages[int(part)]["content"], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            ids += tokenizer(messages[int(part)]["content"], add_special_tokens=False, split_special_tokens=True)["input_ids"]
         else:
             ids += tokenizer(part, add_special_tokens=False)["input_ids"]
     return ids

@@ -51,6 +51,9 @@ def test_an_unreadable_log_folder(monkeypatch, tmp_path):
         ({"name": "fmt", "kind": "json_fields"}, r"scorer 'fmt' \(json_fields\) needs the parameter\(s\) fields"),
         ({"name": "re", "kind": "regex", "pattern": "(unclosed"}, r"scorer 're' \(regex\): pattern '\(unclosed' is not a regular"),
         ({"name": "sql", "kind": "sql_execution", "database": "no.sql"}, r"scorer .sql. \(sql_execution\): database .*no.sql is not"),
+        ({"name": "own", "kind": "python", "callable": "no_such.mod:f"}, r"scorer 'own' \(python\): cannot import 'no_such.mod:f'"),
+        ({"name": "js", "kind": "json_schema", "schema_file": "no.json"}, r"scorer 'js' \(json_schema\): schema_file .*no.json is not"),
+        ({"name": "len", "kind": "length", "unit": "tokens", "max": 9}, r"scorer 'len' \(length\): unit must be words or chars"),
     ],
 )
 def test_a_bad_scorer(monkeypatch, tmp_path, scorer, message):

@@ -1,3 +1,6 @@
+import json
+import sys
+
 import polars as pl
 import pytest
 
@@ -102,3 +105,107 @@ def test_combine_weights_and_normalises_per_prompt():
     z = combined["reward_z"].to_list()
     assert z[0] > 0 > z[1] and z[2] > 0 > z[3]
     assert combined.filter(pl.col("prompt_id") == "p1")["reward_z"].sum() == pytest.approx(0.0, abs=1e-6)
+
+
+GOOD = '{"topic": "card", "reply": "Your card is on its way and should arrive within five working days."}'
+SCHEMA = {
+    "type": "object",
+    "properties": {"topic": {"enum": TOPICS}, "reply": {"type": "string", "minLength": 10}},
+    "required": ["topic", "reply"],
+    "additionalProperties": False,
+}
+
+
+def test_json_schema_orders_valid_over_wrapped_over_invalid(tmp_path):
+    wrong_topic = '{"topic": "pizza", "reply": "Your card is on its way."}'
+    responses = [GOOD, f"Sure! {GOOD}", wrong_topic, '{"topic": "card"}', "Your card is coming."]
+    inline = scorer({"kind": "json_schema", "schema": SCHEMA})
+    assert inline.score([item(r) for r in responses]) == [1.0, 0.5, 0.0, 0.0, 0.0]
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(SCHEMA))
+    spec = {"kind": "json_schema", "schema_file": "schema.json", "wrapped_score": 0.2}  # relative to the domain file
+    from_file = build_scorers([spec], root=tmp_path)[0]
+    assert from_file.score([item(r) for r in responses[:2]]) == [1.0, 0.2]
+    path.write_text(json.dumps({**SCHEMA, "required": ["topic"]}))  # a changed schema file is a new version
+    assert build_scorers([spec], root=tmp_path)[0].version != from_file.version
+
+
+def test_json_schema_refuses_a_broken_schema():
+    with pytest.raises(ValueError, match=r"scorer 's' \(json_schema\): not a valid JSON Schema: 'strange' is not valid"):
+        build_scorers([{"name": "s", "kind": "json_schema", "schema": {"type": "strange"}}])
+    with pytest.raises(ValueError, match=r"needs one of schema \(inline\) or schema_file"):
+        build_scorers([{"name": "s", "kind": "json_schema"}])
+
+
+def test_length_is_one_within_bounds_and_falls_smoothly_outside():
+    words = {n: item(" ".join(["word"] * n)) for n in (0, 2, 4, 10, 20, 40)}
+    smooth = scorer({"kind": "length", "min": 4, "max": 10})
+    assert smooth.score(list(words.values())) == pytest.approx([0.0, 0.5, 1.0, 1.0, 0.5, 0.25])
+    step = scorer({"kind": "length", "min": 4, "max": 10, "smooth": False})
+    assert step.score(list(words.values())) == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    chars = scorer({"kind": "length", "max": 20, "unit": "chars", "field": "reply"})
+    short, long_, missing = chars.score([item('{"reply": "On its way."}'), item(GOOD), item('{"topic": "card"}')])
+    assert short == 1.0 > long_ > 0.0 == missing
+    with pytest.raises(ValueError, match=r"needs 0 <= min <= max"):
+        scorer({"kind": "length", "min": 10, "max": 4})
+
+
+def test_terms_score_is_the_share_of_rules_satisfied():
+    s = scorer({"kind": "terms", "required": ["app", "working days"], "forbidden": ["guarantee"]})
+    scores = s.score(
+        [
+            item("Track it in the App: it arrives within five working   days."),  # any case, any spacing
+            item("Track it in the app. We guarantee it arrives."),
+            item("Happy to help: we GUARANTEE delivery."),  # "app" is not a word of "happy"
+        ]
+    )
+    assert scores == pytest.approx([1.0, 1 / 3, 0.0])
+    assert scorer({"kind": "terms", "forbidden": ["sorry"], "field": "reply"}).score([item('{"topic": "card"}')]) == [0.0]
+    with pytest.raises(ValueError, match=r"required and forbidden must be lists of terms"):
+        scorer({"kind": "terms", "required": "sorry"})  # a string would otherwise be read as one term per letter
+
+
+SCORER_MODULE = """
+def mentions_days(items):
+    return [1.0 if "days" in i.response else 0.0 for i in items]
+"""
+
+
+def test_python_callable_scores_and_is_versioned_by_its_source(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(tmp_path)
+    (tmp_path / "my_scorers.py").write_text(SCORER_MODULE)
+    spec = {"kind": "python", "callable": "my_scorers:mentions_days"}
+    first = scorer(spec)
+    assert first.score([item(GOOD), item("soon")]) == [1.0, 0.0]
+    (tmp_path / "my_scorers.py").write_text(SCORER_MODULE.replace('"days"', '"soon"'))
+    monkeypatch.delitem(sys.modules, "my_scorers")
+    edited = scorer(spec)
+    assert edited.version != first.version
+    assert edited.score([item(GOOD), item("soon")]) == [0.0, 1.0]
+
+
+def test_python_callable_failures_name_the_scorer(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"scorer 'mine' \(python\): cannot import 'no_such_module:f': ModuleNotFoundError"):
+        build_scorers([{"name": "mine", "kind": "python", "callable": "no_such_module:f"}])
+    with pytest.raises(ValueError, match=r"scorer 'mine' \(python\): callable must look like 'package.module:function'"):
+        build_scorers([{"name": "mine", "kind": "python", "callable": "json.dumps"}])
+    monkeypatch.syspath_prepend(tmp_path)
+    (tmp_path / "short_scorers.py").write_text("def one(items):\n    return [1.0]\n")
+    with pytest.raises(RuntimeError, match=r"must return one finite score per item \(got 1 for 2 items\)"):
+        scorer({"kind": "python", "callable": "short_scorers:one"}).score([item("a"), item("b")])
+
+
+def test_self_consistency_extractors():
+    numbers = scorer({"kind": "self_consistency", "extract": "last_number"})
+    worked = ["12 + 988 = 1,000", "so the total is 1000.0", "I think 999", "no idea"]
+    assert numbers.score([item(t) for t in worked]) == pytest.approx([2 / 3, 2 / 3, 1 / 3, 0.0])
+    regex = scorer({"kind": "self_consistency", "extract": "regex", "pattern": r"(?i)answer:\s*(\w+)"})
+    answers = ["Answer: cash. Final answer: card", "answer: card", "answer: cash", "no answer here"]
+    assert regex.score([item(t) for t in answers]) == pytest.approx([2 / 3, 2 / 3, 1 / 3, 0.0])
+    with pytest.raises(ValueError, match=r"extract: regex needs the parameter pattern"):
+        scorer({"kind": "self_consistency", "extract": "regex"})
+
+
+def test_self_consistency_on_a_json_field_keeps_its_version():
+    # The version before extractors existed: scores already stored for it stay current.
+    assert scorer({"kind": "self_consistency", "field": "topic"}).version == "f8dcc74f"

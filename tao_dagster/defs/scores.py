@@ -65,8 +65,9 @@ NO_HACKING_ALARMS = "no_reward_hacking_alarms"
     ],
     kinds={"duckdb", "polars"},
     op_tags=cpu_step(),
-    description="Label-free scores of every candidate (rules, embedding-based content fit, self-consistency), "
-    "combined with the domain's weights and normalised per prompt. Scorers are versioned: a changed scorer re-scores only itself.",
+    description="Label-free scores of every candidate (rules and verifiers, embedding-based content fit, self-consistency, "
+    "LLM judges, reward models), combined with the domain's weights and normalised per prompt. "
+    "Scorers are versioned: a changed scorer re-scores only itself.",
 )
 def reward_scores(context: dg.AssetExecutionContext, domain: DomainResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     spec = domain.load()
