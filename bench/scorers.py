@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tao_dagster.defs.resources import PROJECT_ROOT
 from tao_dagster.devserver import vllm_server
+from tao_dagster.domain import load_domain
 from tao_dagster.models import resolve_base_model
 from tao_dagster.rewards import Scored, Scorer, build_scorers
 
@@ -61,6 +62,18 @@ def candidates() -> list[Scored]:
     with (PROJECT_ROOT / "assets" / "banking" / "logs" / "2026-11-02.csv").open() as f:
         queries = [row["text"] for row in csv.DictReader(f)][:PROMPTS]
     return [Scored(f"p{n}", q, REPLIES[(n + k) % len(REPLIES)]) for n, q in enumerate(queries) for k in range(PER_PROMPT)]
+
+
+def sql_candidates() -> list[Scored]:
+    """100 answers to the text-to-SQL demo: queries that run, fail, return nothing, or are not SQL."""
+    answers = [
+        "```sql\nSELECT name, city FROM customers WHERE country = 'Portugal';\n```",
+        "```sql\nSELECT category, sum(price * quantity) FROM orders JOIN products USING (product_id) GROUP BY category;\n```",
+        "```sql\nSELECT * FROM clients;\n```",
+        "```sql\nSELECT name FROM customers WHERE city = 'Atlantis';\n```",
+        "You could count the orders per customer.",
+    ]
+    return [Scored(f"q{n}", f"question {n}", answers[(n + k) % len(answers)]) for n in range(PROMPTS) for k in range(PER_PROMPT)]
 
 
 def measure(scorer: Scorer, items: list[Scored], note: str = "") -> dict:
@@ -127,6 +140,10 @@ def main() -> None:
         {"name": "self_consistency (number)", "kind": "self_consistency", "extract": "last_number"},
     ]
     rows = [measure(s, items) for s in build_scorers(rules)]
+    banking = load_domain(PROJECT_ROOT / "assets" / "banking" / "domain.yaml").build_scorers()
+    rows += [measure(s, items, "the banking demo's own scorer") for s in banking]
+    sql = load_domain(PROJECT_ROOT / "assets" / "text_to_sql" / "domain.yaml").build_scorers()
+    rows += [measure(s, sql_candidates(), "the text-to-SQL demo's scorer, on SQL answers") for s in sql]
     with tempfile.TemporaryDirectory(prefix="tao-bench-") as tmp:
         models = reward_models(base, Path(tmp))
         for name, path in models.items():
