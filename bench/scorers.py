@@ -27,7 +27,7 @@ from pathlib import Path
 from tao_dagster.defs.resources import PROJECT_ROOT
 from tao_dagster.devserver import vllm_server
 from tao_dagster.domain import load_domain
-from tao_dagster.models import resolve_base_model
+from tao_dagster.models import resolve_base_model, tiny_llama_config
 from tao_dagster.rewards import Scored, Scorer, build_scorers
 
 PROMPTS, PER_PROMPT, REPEATS = 25, 4, 3
@@ -97,20 +97,11 @@ def measure(scorer: Scorer, items: list[Scored], note: str = "") -> dict:
 def reward_models(base: str, out: Path) -> dict[str, str]:
     """The tests' tiny random classifier, and the base model's body with a random single-logit head."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForSequenceClassification
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     torch.manual_seed(0)
-    tiny = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    tiny = tiny_llama_config(tokenizer, num_labels=1)
     LlamaForSequenceClassification(tiny).save_pretrained(out / "tiny")
     AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.bfloat16).save_pretrained(out / "135m")
     for name in ("tiny", "135m"):

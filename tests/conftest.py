@@ -21,7 +21,7 @@ from tao_dagster.defs.resources import (
     PolicyResource,
     WarehouseResource,
 )
-from tao_dagster.models import resolve_base_model
+from tao_dagster.models import resolve_base_model, tiny_llama_config
 
 from .servers import S3_CREDENTIALS, postgres_bin, postgres_server, s3_server
 
@@ -61,20 +61,14 @@ def embedded_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(embedded_model_dir, tmp_path_factory) -> Path:
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    config = tiny_llama_config(
+        tokenizer,
         max_position_embeddings=1024,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
     torch.manual_seed(0)

@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from tao_dagster.devserver import vllm_server
+from tao_dagster.models import tiny_llama_config
 from tao_dagster.rewards import LlmJudgeScorer, Scored, build_scorers, parse_choice, parse_rating
 
 KEY = "sk-test-0123456789abcdef"  # the vLLM server's key in these tests, handed to the judge through KEY_ENV
@@ -178,19 +179,10 @@ def test_a_vllm_server_refuses_a_judge_without_the_right_key(judge_url, monkeypa
 def tiny_reward_model_dir(embedded_model_dir, tmp_path_factory):
     """A randomly initialised single-label sequence classifier with the embedded tokenizer and chat template."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+    from transformers import AutoTokenizer, LlamaForSequenceClassification
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = tiny_llama_config(tokenizer, num_labels=1)
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny-reward-model")
     LlamaForSequenceClassification(config).save_pretrained(out)
