@@ -98,7 +98,7 @@ def run_demo(rounds: int, logs_from: str, max_eval_prompts: int) -> None:
 
     from tao_dagster.definitions import defs
     from tao_dagster.defs.flywheel import already_scored, new_scored_prompts
-    from tao_dagster.defs.policy import current_policy
+    from tao_dagster.defs.policy import current_version
 
     resources = dict(defs.resources)
     if max_eval_prompts:
@@ -121,7 +121,7 @@ def run_demo(rounds: int, logs_from: str, max_eval_prompts: int) -> None:
         todo = [k for k in arriving if not already_scored(instance, k, files[k].fingerprint)]
         if todo:
             score(instance, resources, todo)
-        version = current_policy(db, resources["policy"], resources["mlflow"]).version
+        version = current_version(db, resources["policy"], resources["mlflow"])
         if not new_scored_prompts(db, version):
             stage(f"   nothing scored under {version} since the last checkpoint: no round to run")
             continue

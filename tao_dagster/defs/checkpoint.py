@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 
 from tao_dagster.defs.deploy import gpu_step
-from tao_dagster.defs.policy import current_policy
+from tao_dagster.defs.policy import Policy, checkpoint_policy, current_policy
 from tao_dagster.defs.resources import (
     TRANSIENT_RETRY,
     ArtifactStoreResource,
@@ -19,6 +19,7 @@ from tao_dagster.defs.resources import (
 )
 from tao_dagster.defs.scores import candidate_rewards, reward_scores
 from tao_dagster.training import TrainSettings, build_pairs, checkpoint_id, train_dpo
+from tao_dagster.warehouse import Warehouse
 
 
 class TuneConfig(dg.Config, TrainSettings):
@@ -144,3 +145,11 @@ def tuned_checkpoint(
             "registered_model_version": f"{mlflow.registered_model} v{model_version}",
         }
     )
+
+
+def latest_checkpoint(instance: dg.DagsterInstance, db: Warehouse, mlflow: MlflowResource) -> Policy:
+    """The checkpoint tuned_checkpoint materialized last: what the promotion gate judges and eval_report describes."""
+    latest = instance.get_latest_materialization_event(tuned_checkpoint.key)
+    if latest is None:
+        raise dg.Failure("tuned_checkpoint has never been materialized", allow_retries=False)
+    return checkpoint_policy(db, latest.asset_materialization.metadata["checkpoint_id"].value, mlflow)

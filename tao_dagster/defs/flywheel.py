@@ -9,7 +9,7 @@ import dagster as dg
 from tao_dagster.defs.candidates import candidate_responses
 from tao_dagster.defs.checkpoint import tuned_checkpoint
 from tao_dagster.defs.partitions import log_files
-from tao_dagster.defs.policy import current_policy
+from tao_dagster.defs.policy import current_version
 from tao_dagster.defs.prompts import raw_prompts
 from tao_dagster.defs.report import eval_report
 from tao_dagster.defs.resources import FlywheelResource, LogSourceResource, MlflowResource, PolicyResource, WarehouseResource
@@ -113,7 +113,7 @@ def flywheel_round(
         run = active[0].dagster_run
         return dg.SkipReason(f"waiting for run {run.run_id} ({run.job_name}) to finish")
     db = warehouse.get()
-    version = current_policy(db, policy, mlflow).version
+    version = current_version(db, policy, mlflow)
     new = new_scored_prompts(db, version)
     if new < flywheel.min_new_prompts:
         return dg.SkipReason(f"{new} prompts scored under {version} since the last checkpoint; a round needs {flywheel.min_new_prompts}")

@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from tao_dagster.defs.checkpoint import tuned_checkpoint
+from tao_dagster.defs.checkpoint import latest_checkpoint, tuned_checkpoint
 from tao_dagster.defs.deploy import gpu_step
 from tao_dagster.defs.heldout import answer_rewards, heldout_answers, heldout_prompts, pointwise_scorers
-from tao_dagster.defs.policy import base_policy, champion_policy, checkpoint_policy
+from tao_dagster.defs.policy import base_policy, champion_policy
 from tao_dagster.defs.resources import TRANSIENT_RETRY, DomainResource, MlflowResource, PolicyResource, WarehouseResource
 from tao_dagster.evaluation import compare, promotion_decision
 
@@ -28,8 +28,7 @@ def promotion_gate(
     mlflow: MlflowResource,
 ) -> dg.AssetCheckResult:
     db = warehouse.get()
-    latest = context.instance.get_latest_materialization_event(tuned_checkpoint.key)
-    candidate = checkpoint_policy(db, latest.asset_materialization.metadata["checkpoint_id"].value, mlflow)
+    candidate = latest_checkpoint(context.instance, db, mlflow)
     champion = champion_policy(db, mlflow)
     if champion and champion.checkpoint_id == candidate.checkpoint_id:
         return dg.AssetCheckResult(passed=True, metadata={"decision": "already the champion", "champion": candidate.version})

@@ -21,6 +21,10 @@ def base_policy(policy: PolicyResource) -> Policy:
     return Policy(policy.base_version(), policy.base_path())
 
 
+def checkpoint_version(checkpoint_id: str) -> str:
+    return f"ckpt:{checkpoint_id}"
+
+
 def checkpoint_policy(db: Warehouse, checkpoint_id: str, mlflow: MlflowResource) -> Policy:
     """A trained checkpoint as a policy; its weights come back from its MLflow run if the local copy is gone."""
     row = db.query("select path, mlflow_run_id, model_version from checkpoints where checkpoint_id = ?", [checkpoint_id]).row(0, named=True)
@@ -31,10 +35,11 @@ def checkpoint_policy(db: Warehouse, checkpoint_id: str, mlflow: MlflowResource)
         mlflow.client()  # points the mlflow module at this store
         local = tao_home() / "cache" / "checkpoints" / checkpoint_id
         path = Path(mlf.artifacts.download_artifacts(run_id=row["mlflow_run_id"], artifact_path="model", dst_path=str(local)))
-    return Policy(f"ckpt:{checkpoint_id}", str(path), checkpoint_id, row["model_version"])
+    return Policy(checkpoint_version(checkpoint_id), str(path), checkpoint_id, row["model_version"])
 
 
-def champion_policy(db: Warehouse, mlflow: MlflowResource) -> Policy | None:
+def champion_checkpoint(db: Warehouse, mlflow: MlflowResource) -> str | None:
+    """The checkpoint id under the MLflow champion alias, or None while the base model serves."""
     run_id = mlflow.champion_run_id()
     if run_id is None:
         return None
@@ -45,9 +50,20 @@ def champion_policy(db: Warehouse, mlflow: MlflowResource) -> Policy | None:
             f"which this warehouse ({db.path}) did not train: move the alias or use the warehouse that trained it",
             allow_retries=False,
         )
-    return checkpoint_policy(db, found["checkpoint_id"][0], mlflow)
+    return found["checkpoint_id"][0]
+
+
+def champion_policy(db: Warehouse, mlflow: MlflowResource) -> Policy | None:
+    checkpoint_id = champion_checkpoint(db, mlflow)
+    return checkpoint_policy(db, checkpoint_id, mlflow) if checkpoint_id else None
 
 
 def current_policy(db: Warehouse, policy: PolicyResource, mlflow: MlflowResource) -> Policy:
     """The policy new candidates come from and the next round trains from."""
     return champion_policy(db, mlflow) or base_policy(policy)
+
+
+def current_version(db: Warehouse, policy: PolicyResource, mlflow: MlflowResource) -> str:
+    """The current policy's version alone: for deciding whether a round is due, without fetching its weights."""
+    checkpoint_id = champion_checkpoint(db, mlflow)
+    return checkpoint_version(checkpoint_id) if checkpoint_id else policy.base_version()

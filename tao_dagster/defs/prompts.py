@@ -50,10 +50,10 @@ def raw_prompts(
     context: dg.AssetExecutionContext, domain: DomainResource, logs: LogSourceResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     db = warehouse.get()
-    per_partition, fingerprints = [], {}
+    per_partition, fingerprints, listed = [], {}, logs.list_files()
     for key in context.partition_keys:
         # A partition whose file has gone is quarantined as unreadable, like any other broken file.
-        path, fingerprints[key] = logs.fetch(key)
+        path, fingerprints[key] = logs.fetch(key, listed)
         parsed = parse_log_file(path, domain.text_column, domain.max_prompt_chars, domain.long_prompts)
         for bad in parsed.bad:
             context.log.warning(f"{parsed.path}:{bad.line}: quarantined: {bad.reason}")

@@ -6,10 +6,10 @@ import json
 import dagster as dg
 import polars as pl
 
-from tao_dagster.defs.checkpoint import tuned_checkpoint
+from tao_dagster.defs.checkpoint import latest_checkpoint, tuned_checkpoint
 from tao_dagster.defs.deploy import gpu_step
 from tao_dagster.defs.heldout import answer_rewards, heldout_answers, heldout_prompts, pointwise_scorers
-from tao_dagster.defs.policy import base_policy, checkpoint_policy
+from tao_dagster.defs.policy import base_policy
 from tao_dagster.defs.prompts import raw_prompts
 from tao_dagster.defs.resources import (
     TRANSIENT_RETRY,
@@ -68,10 +68,7 @@ def eval_report(
 ):
     spec = domain.load()
     db = warehouse.get()
-    latest = context.instance.get_latest_materialization_event(tuned_checkpoint.key)
-    if latest is None:
-        raise dg.Failure("tuned_checkpoint has never been materialized", allow_retries=False)
-    tuned_policy = checkpoint_policy(db, latest.asset_materialization.metadata["checkpoint_id"].value, mlflow)
+    tuned_policy = latest_checkpoint(context.instance, db, mlflow)
     ckpt = tuned_policy.checkpoint_id
     checkpoint = db.query("select * from checkpoints where checkpoint_id = ?", [ckpt]).row(0, named=True)
 

@@ -121,10 +121,11 @@ class LogSourceResource(dg.ConfigurableResource):
                 listed.append((name, f"s3://{bucket}/{obj['Key']}", f"{etag}:{obj['Size']}"))
         return listed
 
-    def fetch(self, key: str) -> tuple[Path, str]:
-        """A local copy of the partition's file and its fingerprint. A file gone since it was listed gives a
-        path that does not exist, which ingestion quarantines like any unreadable file."""
-        found = self.list_files().get(key)
+    def fetch(self, key: str, listed: dict[str, LogFile]) -> tuple[Path, str]:
+        """A local copy of the partition's file and its fingerprint, given one `list_files()` for the whole run.
+        A file gone since it was listed gives a path that does not exist, which ingestion quarantines like
+        any unreadable file."""
+        found = listed.get(key)
         if found is None:
             return Path(self.location) / key, ""
         if not found.name.startswith("s3://"):

@@ -13,9 +13,19 @@ from tao_dagster.rewards import Scored, Scorer, combine, score_frame
 from tao_dagster.warehouse import Warehouse
 
 
+def current_scores(db: Warehouse, scorers: list[Scorer], partitions: list[str] | None = None) -> pl.DataFrame:
+    """Scores by the current version of each scorer, of the candidates in these partitions (all if None)."""
+    current = pl.DataFrame({"scorer": [s.name for s in scorers], "scorer_version": [s.version for s in scorers]})
+    where = "" if partitions is None else "where c.partition in (select unnest(?))"
+    return db.query(
+        f"""select s.candidate_id, s.prompt_id, s.scorer, s.scorer_version, s.score
+            from scores s join candidates c using (candidate_id) {where}""",
+        [] if partitions is None else [partitions],
+    ).join(current, on=["scorer", "scorer_version"])
+
+
 def candidate_rewards(db: Warehouse, scorers: list[Scorer], partitions: list[str] | None = None) -> pl.DataFrame:
     """Candidates with their combined reward under the current scorer versions (all partitions if None)."""
-    current = pl.DataFrame({"scorer": [s.name for s in scorers], "scorer_version": [s.version for s in scorers]})
     where = "" if partitions is None else "where c.partition in (select unnest(?))"
     candidates = db.query(
         f"""select c.candidate_id, c.prompt_id, c.partition, c.policy_version, c.strategy, c.sampling,
@@ -23,10 +33,7 @@ def candidate_rewards(db: Warehouse, scorers: list[Scorer], partitions: list[str
             from candidates c join prompts p using (prompt_id) {where}""",
         [] if partitions is None else [partitions],
     )
-    scores = db.query("select candidate_id, prompt_id, scorer, scorer_version, score from scores").join(
-        current, on=["scorer", "scorer_version"]
-    )
-    return candidates.join(combine(scores, scorers), on=["candidate_id", "prompt_id"])
+    return candidates.join(combine(current_scores(db, scorers, partitions), scorers), on=["candidate_id", "prompt_id"])
 
 
 def score_missing(db: Warehouse, scorers: list[Scorer], partitions: list[str]) -> dict[str, int]:
@@ -78,12 +85,7 @@ def reward_scores(context: dg.AssetExecutionContext, domain: DomainResource, war
     context.log.info(f"scores written per scorer: {written}")
 
     rewards = candidate_rewards(db, scorers, keys)
-    current = pl.DataFrame({"scorer": [s.name for s in scorers], "scorer_version": [s.version for s in scorers]})
-    scores = db.query(
-        """select s.candidate_id, s.scorer, s.scorer_version, s.score from scores s join candidates c using (candidate_id)
-           where c.partition in (select unnest(?))""",
-        [keys],
-    ).join(current, on=["scorer", "scorer_version"])
+    scores = current_scores(db, scorers, keys)
     per_prompt = rewards.group_by("prompt_id").agg(pl.col("reward").mean().alias("mean"), pl.col("reward").max().alias("best"))
     per_strategy = (
         rewards.group_by("strategy", "sampling")
