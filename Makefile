@@ -1,6 +1,6 @@
 # `make demo` and `make test` set everything up on a fresh machine first (idempotently).
 
-.PHONY: setup system demo test dev
+.PHONY: setup system demo test dev bench
 setup:
 	bash scripts/setup.sh
 
@@ -15,3 +15,6 @@ test: setup system
 
 dev: setup
 	.venv/bin/tao-dagster dev
+
+bench: setup  # generation, training, one demo round: tables on stdout, JSON in bench/results/ (about 45 minutes)
+	.venv/bin/python bench/generation.py && .venv/bin/python bench/training.py && .venv/bin/python bench/round.py

@@ -90,3 +90,39 @@ def test_pair_cap_keeps_the_widest_margins():
     frame = candidates([(f"p{i}", f"c{i}", "good", 0.5 + i / 10) for i in range(4)] + [(f"p{i}", f"r{i}", "bad", 0.0) for i in range(4)])
     pairs = build_pairs(frame, TrainSettings(max_pairs=2))
     assert pairs["prompt_id"].to_list() == ["p2", "p3"]
+
+
+def test_shared_prompts_give_trl_log_probs_and_gradients(tiny_model_dir):
+    """share_prompts runs each pair's prompt once: on a padded preference batch from TRL's own collator, the
+    per-token log-probs and the gradients match TRL's fused forward, and the pad and prompt positions stay 0."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tao_dagster.training import share_prompts
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))  # as DPOTrainer adds it
+    examples = [
+        {"prompt_ids": [5, 6, 7, 8, 9], "chosen_ids": [11, 12, 13], "rejected_ids": [31]},
+        {"prompt_ids": [9, 8, 7, 6, 5, 4, 3], "chosen_ids": [21], "rejected_ids": [41, 42, 43, 44]},
+        {"prompt_ids": [17, 18], "chosen_ids": [51, 52], "rejected_ids": [61, 62]},
+    ]
+    batch = DataCollatorForPreference(pad_token_id=0)(examples)
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+
+    def log_probs_and_gradient():
+        model.zero_grad()
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels, fused_lm_head=True)
+        (out.log_probs * torch.linspace(0.5, 1.5, out.log_probs.shape[1])).sum().backward()  # weights make every position count
+        return out, model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+
+    trl_out, trl_gradient = log_probs_and_gradient()
+    share_prompts(model)
+    shared_out, shared_gradient = log_probs_and_gradient()
+    assert (trl_out.log_probs != 0).sum() == 13  # the answer tokens, nothing else
+    for field in ("log_probs", "entropy", "mean_logits"):  # the last two are metrics DPOTrainer logs
+        torch.testing.assert_close(getattr(shared_out, field), getattr(trl_out, field), atol=1e-4, rtol=1e-4)
+    assert torch.equal(shared_out.is_top1 & trl_out.label_mask, trl_out.is_top1 & trl_out.label_mask)
+    torch.testing.assert_close(shared_gradient, trl_gradient, atol=1e-4, rtol=1e-3)

@@ -1,0 +1,47 @@
+"""What the benchmarks share: the machine they ran on, a printed table and the JSON they write."""
+
+import json
+import os
+import platform
+import statistics
+from pathlib import Path
+
+from tao_dagster.defs.resources import PROJECT_ROOT
+
+RESULTS = PROJECT_ROOT / "bench" / "results"
+
+
+def machine() -> dict:
+    """The CPU, cores, memory and load the numbers were measured under."""
+    import psutil
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line), "")
+    return {
+        "cpu": model or platform.processor(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    """Rows of dicts with the same keys, as an aligned text table."""
+    print(f"\n{title}")
+    columns = list(rows[0])
+    cells = [[f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def write_result(name: str, result: dict) -> Path:
+    out = RESULTS / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine(), **result}, indent=2, default=str))
+    print(f"\nwritten to {out}")
+    return out

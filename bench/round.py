@@ -1,0 +1,148 @@
+"""One full demo round, per stage: wall time, peak memory and engine loads; then one new 100-prompt partition.
+
+Runs what `tao-dagster demo` runs, in this process, in a new project home: the banking demo's first four
+log files scored in one run (raw_prompts -> candidate_responses -> reward_scores over four partitions),
+then one tuning round (tuned_checkpoint -> promotion_gate -> eval_report) from the base model. Then the
+fifth file arrives and is scored as the sensor's run would score it: one partition, from its arrival to
+its reward_scores, with the champion (if the round promoted one) generating.
+
+A sampler thread reads the resident memory of this process and all its children (vLLM's engine core
+runs in one) every 0.25 s; each stage's peak is the highest sum while its step ran, and its engine loads
+are the vLLM engine-core processes that appeared meanwhile. Prints a table and writes bench/results/round.json.
+
+    .venv/bin/python bench/round.py               # about 15 minutes on 2 cores
+"""
+
+import argparse
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from common import median, print_table, write_result
+
+from tao_dagster.defs.resources import PROJECT_ROOT
+
+LOGS = PROJECT_ROOT / "assets" / "banking" / "logs"
+
+
+class MemorySampler(threading.Thread):
+    """(time, RSS of this process tree in bytes, engine-core pids alive) every `interval` seconds."""
+
+    def __init__(self, interval: float = 0.25):
+        super().__init__(daemon=True)
+        self.interval, self.samples, self.running = interval, [], True
+
+    def run(self) -> None:
+        me = psutil.Process()
+        while self.running:
+            rss, engines = me.memory_info().rss, set()
+            for child in me.children(recursive=True):
+                try:
+                    rss += child.memory_info().rss
+                    if "EngineCore" in child.name() + " ".join(child.cmdline()):
+                        engines.add(child.pid)
+                except psutil.NoSuchProcess:
+                    continue
+            self.samples.append((time.time(), rss, engines))
+            time.sleep(self.interval)
+
+    def window(self, start: float, end: float) -> tuple[float, int]:
+        """Peak GiB and distinct engine processes between two times."""
+        inside = [(rss, engines) for t, rss, engines in self.samples if start <= t <= end]
+        peak = max((rss for rss, _ in inside), default=0) / 2**30
+        return peak, len(set().union(*(engines for _, engines in inside)))
+
+
+def stage_rows(instance, run_ids: list[str], sampler: MemorySampler, label: str) -> list[dict]:
+    rows = []
+    for run_id in run_ids:
+        for step in instance.get_run_step_stats(run_id):
+            if step.end_time is None:
+                continue
+            peak, engines = sampler.window(step.start_time, step.end_time)
+            rows.append(
+                {
+                    "part": label,
+                    "stage": step.step_key,
+                    "status": step.status.value,
+                    "seconds": round(step.end_time - step.start_time, 1),
+                    "peak RSS GiB": round(peak, 2),
+                    "engine loads": engines,
+                }
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", help="project home (default: a new temporary folder)")
+    args = parser.parse_args()
+    home = Path(args.home or tempfile.mkdtemp(prefix="tao-bench-round-"))
+    os.environ.update({"TAO_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")})
+    converted = PROJECT_ROOT / ".tao_home" / "cache" / "models"
+    if converted.is_dir() and not (home / "cache" / "models").exists():  # reuse the one-time GGUF conversion
+        (home / "cache").mkdir(parents=True, exist_ok=True)
+        (home / "cache" / "models").symlink_to(converted)
+    arrived = home / "incoming"
+    arrived.mkdir(parents=True, exist_ok=True)
+    files = sorted(LOGS.iterdir())
+    for path in files[:-1]:
+        shutil.copy(path, arrived / path.name)
+
+    import dagster as dg
+
+    from tao_dagster.cli import run_demo, score, use_project_instance
+    from tao_dagster.definitions import defs
+
+    use_project_instance()
+    sampler = MemorySampler()
+    sampler.start()
+    instance = dg.DagsterInstance.get()
+    began = time.time()
+    run_demo(1, str(arrived), 0)
+    round_s = time.time() - began
+    round_runs = [r.dagster_run.run_id for r in instance.get_run_records(ascending=True)]
+
+    # The fifth file arrives: one partition, scored as the sensor's run scores it.
+    shutil.copy(files[-1], home / "logs" / files[-1].name)
+    began = time.time()
+    score(instance, dict(defs.resources), [files[-1].name])
+    partition_s = time.time() - began
+    sampler.running = False
+    sampler.join()
+    partition_runs = [r.dagster_run.run_id for r in instance.get_run_records(ascending=True) if r.dagster_run.run_id not in round_runs]
+
+    rows = stage_rows(instance, round_runs, sampler, "demo round") + stage_rows(instance, partition_runs, sampler, "new partition")
+    print_table(rows, "One demo round (4 log files scored in one run, then a tuning round), and one new 100-prompt partition")
+    peak = max(rss for _, rss, _ in sampler.samples) / 2**30
+    training = next((r for r in rows if r["stage"] == "tuned_checkpoint"), {})
+    engine_loads = max(r["engine loads"] for r in rows if r["stage"] == "candidate_responses")
+    targets = {  # name: (measured, target, met)
+        "demo round, minutes": (round_s / 60, "<= 10", round_s / 60 <= 10),
+        "new partition to scores, minutes": (partition_s / 60, "<= 2", partition_s / 60 <= 2),
+        "peak RSS, GiB": (peak, "<= 8", peak <= 8),
+        "engine loads in one multi-partition scoring step": (engine_loads, "1", engine_loads == 1),
+    }
+    for name, (value, target, met) in targets.items():
+        print(f"{name}: {value:.2f} (target {target}) {'met' if met else 'MISSED'}")
+    write_result(
+        "round",
+        {
+            "home": str(home),
+            "demo_round_s": round(round_s, 1),
+            "new_partition_s": round(partition_s, 1),
+            "peak_rss_gib": round(peak, 2),
+            "training_s": training.get("seconds"),
+            "median_sample_interval_s": round(median([b[0] - a[0] for a, b in zip(sampler.samples, sampler.samples[1:])]), 3),
+            "targets": {k: {"value": round(v, 3), "target": t, "met": m} for k, (v, t, m) in targets.items()},
+            "stages": rows,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
