@@ -16,5 +16,5 @@ test: setup system
 dev: setup
 	.venv/bin/tao-dagster dev
 
-bench: setup  # generation, training, one demo round: tables on stdout, JSON in bench/results/ (about 45 minutes)
+bench: setup  # generation, training, one demo round: tables on stdout, JSON in bench/results/ (about 50 minutes)
 	.venv/bin/python bench/generation.py && .venv/bin/python bench/training.py && .venv/bin/python bench/round.py

@@ -11,6 +11,19 @@ from tao_dagster.defs.resources import PROJECT_ROOT
 RESULTS = PROJECT_ROOT / "bench" / "results"
 
 
+def project_home(home: str | None, prefix: str) -> Path:
+    """A project home for a benchmark: `home`, or a new temporary folder, sharing the checkout's converted
+    embedded model so the one-time GGUF conversion is not timed."""
+    import tempfile
+
+    path = Path(home or tempfile.mkdtemp(prefix=prefix))
+    converted = PROJECT_ROOT / ".tao_home" / "cache" / "models"
+    if converted.is_dir() and not (path / "cache" / "models").exists():
+        (path / "cache").mkdir(parents=True, exist_ok=True)
+        (path / "cache" / "models").symlink_to(converted)
+    return path
+
+
 def machine() -> dict:
     """The CPU, cores, memory and load the numbers were measured under."""
     import psutil

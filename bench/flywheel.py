@@ -13,11 +13,11 @@ numbers, and writes them to bench/results/flywheel.json.
 import argparse
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import dagster as dg
+from common import project_home
 
 from tao_dagster.defs.resources import PROJECT_ROOT
 from tao_dagster.devserver import dagster_dev, wait_for
@@ -78,11 +78,7 @@ def main() -> None:
     parser.add_argument("--home", help="project home to use (default: a new temporary folder)")
     parser.add_argument("--out", default=str(PROJECT_ROOT / "bench" / "results" / "flywheel.json"))
     args = parser.parse_args()
-    home = Path(args.home or tempfile.mkdtemp(prefix="tao-flywheel-"))
-    converted = PROJECT_ROOT / ".tao_home" / "cache" / "models"
-    if converted.is_dir() and not (home / "cache" / "models").exists():  # reuse the one-time GGUF conversion
-        (home / "cache").mkdir(parents=True, exist_ok=True)
-        (home / "cache" / "models").symlink_to(converted)
+    home = project_home(args.home, "tao-flywheel-")
     watched = home / "logs"
     watched.mkdir(parents=True, exist_ok=True)
     env = {"TAO_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "TAO_ROUND_CRON": "* * * * *", "TAO_ROUND_MIN_NEW_PROMPTS": "50"}

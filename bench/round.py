@@ -16,13 +16,11 @@ are the vLLM engine-core processes that appeared meanwhile. Prints a table and w
 import argparse
 import os
 import shutil
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import psutil
-from common import median, print_table, write_result
+from common import median, print_table, project_home, write_result
 
 from tao_dagster.defs.resources import PROJECT_ROOT
 
@@ -81,12 +79,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", help="project home (default: a new temporary folder)")
     args = parser.parse_args()
-    home = Path(args.home or tempfile.mkdtemp(prefix="tao-bench-round-"))
+    home = project_home(args.home, "tao-bench-round-")
     os.environ.update({"TAO_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")})
-    converted = PROJECT_ROOT / ".tao_home" / "cache" / "models"
-    if converted.is_dir() and not (home / "cache" / "models").exists():  # reuse the one-time GGUF conversion
-        (home / "cache").mkdir(parents=True, exist_ok=True)
-        (home / "cache" / "models").symlink_to(converted)
     arrived = home / "incoming"
     arrived.mkdir(parents=True, exist_ok=True)
     files = sorted(LOGS.iterdir())

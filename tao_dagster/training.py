@@ -138,7 +138,8 @@ def share_prompts(model) -> None:
 
     def forward(self, *args, fused_lm_head=False, labels=None, input_ids=None, attention_mask=None, **kwargs):
         usable = fused_lm_head and plain_logits and labels is not None and input_ids is not None and not args
-        if usable and not self.base_model.gradient_checkpointing:
+        usable = usable and len(input_ids) % 2 == 0 and not self.base_model.gradient_checkpointing
+        if usable:
             pairs = len(input_ids) // 2
             scored = labels != -100
             starts = scored.int().argmax(dim=1)  # first answer token = prompt length

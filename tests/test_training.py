@@ -126,3 +126,7 @@ def test_shared_prompts_give_trl_log_probs_and_gradients(tiny_model_dir):
         torch.testing.assert_close(getattr(shared_out, field), getattr(trl_out, field), atol=1e-4, rtol=1e-4)
     assert torch.equal(shared_out.is_top1 & trl_out.label_mask, trl_out.is_top1 & trl_out.label_mask)
     torch.testing.assert_close(shared_gradient, trl_gradient, atol=1e-4, rtol=1e-3)
+    model.gradient_checkpointing_enable()  # no cache under checkpointing: TRL's own path
+    model.train()
+    checkpointed_out, _ = log_probs_and_gradient()
+    torch.testing.assert_close(checkpointed_out.log_probs, trl_out.log_probs, atol=1e-4, rtol=1e-4)

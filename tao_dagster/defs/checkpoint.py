@@ -141,6 +141,7 @@ def tuned_checkpoint(
             "steps": metrics["steps"],
             "resumed_from_step": metrics.get("resumed_from_step", 0),
             "train_seconds": round(metrics["train_seconds"], 1),
+            "train_tokens_per_second": round(metrics.get("tokens_per_second", 0.0), 1),  # absent from older rounds' metrics
             "mlflow_run_id": run_id,
             "registered_model_version": f"{mlflow.registered_model} v{model_version}",
         }
