@@ -143,9 +143,11 @@ def test_uninterruptible_call_kills_the_worker_and_the_next_statement_gets_a_new
     leftovers = set(Path(tempfile.gettempdir()).glob("tao-sql-*"))
     with Sandbox(database, timeout_seconds=TIMEOUT) as box:
         start = time.monotonic()
-        killed = box.run(UNINTERRUPTIBLE)
+        stopped = box.run(UNINTERRUPTIBLE)
         assert time.monotonic() - start < TIMEOUT + GRACE_SECONDS + 1
-        assert killed.stage == "failed" and "killed" in killed.error
+        # Almost always DuckDB is inside the one long levenshtein call when the time runs out and the worker is
+        # killed; seen once in CI: the interrupt landed before the call and DuckDB stopped it itself. Both stop it.
+        assert stopped.stage == "failed" and ("killed" in stopped.error or "Interrupted" in stopped.error)
         assert box.run("SELECT max(i) FROM t").stage == "executed"
         pid = box.worker.pid
     with pytest.raises(ProcessLookupError):
