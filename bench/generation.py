@@ -19,50 +19,35 @@ and engine start-up are timed apart. Repetitions alternate the systems, and the 
 import argparse
 import csv
 import json
-import tempfile
+import os
 import time
 from pathlib import Path
 
 import dagster as dg
 import yaml
-from common import machine, median, print_table, write_result
-from dagster_aws.s3 import S3Resource
+from common import machine, median, print_table, project_home, write_result
 
 from tao_dagster.defs.candidates import candidate_responses
 from tao_dagster.defs.partitions import log_files
 from tao_dagster.defs.prompts import raw_prompts
-from tao_dagster.defs.resources import (
-    PROJECT_ROOT,
-    ArtifactStoreResource,
-    DomainResource,
-    LogSourceResource,
-    MlflowResource,
-    PolicyResource,
-    WarehouseResource,
-)
+from tao_dagster.defs.resources import PROJECT_ROOT, DomainResource, default_resources
 from tao_dagster.domain import load_domain
-from tao_dagster.models import resolve_base_model
 
 DEMO = PROJECT_ROOT / "assets" / "banking"
 TEMPERATURE = 0.8
 
 
 def workload(home: Path, prompts: int, candidates: int, max_tokens: int) -> tuple[dict, list[list[dict]]]:
-    """The stage's resources for a one-strategy domain and a one-file log folder, and the same prompts as chat messages."""
+    """The product's resources in `home`, on a one-strategy domain and a one-file log folder with nothing held
+    out, and the same prompts as chat messages."""
     spec = yaml.safe_load((DEMO / "domain.yaml").read_text())
     spec["strategies"] = [{"name": "plain", "temperature": TEMPERATURE, "samples": candidates, "max_tokens": max_tokens}]
     (home / "domain.yaml").write_text(yaml.safe_dump(spec))
     (home / "logs").mkdir(parents=True)
     queries = (DEMO / "logs" / "2026-11-02.csv").read_text().splitlines()[: prompts + 1]
     (home / "logs" / "bench.csv").write_text("\n".join(queries) + "\n")
-    resources = {
-        "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
-        "domain": DomainResource(domain_file=str(home / "domain.yaml"), heldout_fraction=0.0),
-        "logs": LogSourceResource(location=str(home / "logs"), s3=S3Resource()),
-        "policy": PolicyResource(base_model="embedded", cache_dir=str(PROJECT_ROOT / ".tao_home" / "cache")),
-        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", artifact_location=(home / "mlruns").as_uri()),
-        "artifacts": ArtifactStoreResource(s3=S3Resource()),
-    }
+    os.environ.update({"TAO_HOME": str(home), "TAO_DOMAIN": str(home / "domain.yaml"), "TAO_LOGS": str(home / "logs")})
+    resources = {**default_resources(), "domain": DomainResource(domain_file=str(home / "domain.yaml"), heldout_fraction=0.0)}
     domain = load_domain(home / "domain.yaml")
     # Read back as the ingest reads it: the header is `text`, and quoted queries lose their quotes.
     conversations = [[{"role": "user", "content": row["text"]}] for row in csv.DictReader((home / "logs" / "bench.csv").open())]
@@ -134,9 +119,8 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    home = Path(tempfile.mkdtemp(prefix="tao-bench-generation-"))
-    resources, prompts = workload(home, args.prompts, args.candidates, args.max_tokens)
-    model = resolve_base_model("embedded", PROJECT_ROOT / ".tao_home" / "cache")
+    resources, prompts = workload(project_home(None, "tao-bench-generation-"), args.prompts, args.candidates, args.max_tokens)
+    model = resources["policy"].base_path()
     runs: dict[str, list[dict]] = {"stage": [], **{name: [] for name in BARE_VLLM}, "transformers bf16": []}
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(log_files.name, ["bench.csv"])

@@ -164,9 +164,8 @@ def share_prompts(model) -> None:
         prompt_mask = torch.arange(longest_prompt, device=device) < prompt_lengths[:, None]
         mask = torch.cat([prompt_mask.repeat_interleave(2, dim=0), torch.ones_like(positions, dtype=torch.bool)], dim=1)
         # Right padding comes after each answer's last token, so causal attention keeps it out of the answers.
-        answers = self.base_model(
-            input_ids=input_ids[order[:, None], inside], attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
-        )
+        answer_ids = input_ids[order[:, None], inside]
+        answers = self.base_model(input_ids=answer_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
         # Hidden state j predicts answer token j: a prompt's last one predicts the first answer token.
         last_prompt = prompts.last_hidden_state[chosen_rows, prompt_lengths - 1].repeat_interleave(2, dim=0)
         hidden = torch.cat([last_prompt[:, None], answers.last_hidden_state[:, :-1]], dim=1)
@@ -176,7 +175,7 @@ def share_prompts(model) -> None:
         # state by less than bf16's resolution, and a bf16 head would round that progress away.
         with torch.autocast(device.type, enabled=False):
             per_token = ChunkedLogProbFunction.apply(
-                hidden[counted].float(), head.weight.float(), head.bias, input_ids[order[:, None], inside][counted], 1.0, VOCAB_CHUNK,
+                hidden[counted].float(), head.weight.float(), head.bias, answer_ids[counted], 1.0, VOCAB_CHUNK,
                 None, 1.0, ("log_probs", "entropy", "mean_logits", "is_top1"),
             )  # fmt: skip
         index = (order[:, None].expand_as(positions)[counted], positions[counted] - 1)  # TRL's log_probs[:, t] is token t + 1's
