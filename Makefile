@@ -16,5 +16,11 @@ test: setup system
 dev: setup
 	.venv/bin/tao-dagster dev
 
-bench: setup  # generation, training, one demo round: tables on stdout, JSON in bench/results/ (about 50 minutes)
-	.venv/bin/python bench/generation.py && .venv/bin/python bench/training.py && .venv/bin/python bench/round.py
+# Each benchmark runs natively, then with oneDNN and ATen limited to AVX2 (a CPU without AVX-512, where bf16 is
+# slow); tables on stdout, JSON in bench/results/ (<name>.json and <name>-avx2.json). About 80 minutes on 2 cores.
+AVX2 = ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
+bench: setup
+	for dispatch in "" "$(AVX2)"; do \
+		env $$dispatch .venv/bin/python bench/generation.py && env $$dispatch .venv/bin/python bench/training.py && \
+		env $$dispatch .venv/bin/python bench/round.py || exit 1; \
+	done

@@ -6,9 +6,22 @@ import platform
 import statistics
 from pathlib import Path
 
-from tao_dagster.defs.resources import PROJECT_ROOT
+from tao_dagster.hardware import DISPATCH_SETTINGS, compute_cores, compute_precision
+from tao_dagster.paths import PROJECT_ROOT
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
+# `make bench` runs every script twice: natively, and with oneDNN and ATen limited to AVX2, as on a CPU
+# without AVX-512 (most laptops and cloud VMs), where bf16 is the slow path.
+AVX2_EMULATION = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+
+
+def emulated() -> bool:
+    return all(os.environ.get(name, "").lower() == value.lower() for name, value in AVX2_EMULATION.items())
+
+
+def result_suffix() -> str:
+    """Results of the AVX2 emulation go beside the native ones, as <name>-avx2.json."""
+    return "-avx2" if emulated() else ""
 
 
 def project_home(home: str | None, prefix: str) -> Path:
@@ -25,7 +38,7 @@ def project_home(home: str | None, prefix: str) -> Path:
 
 
 def machine() -> dict:
-    """The CPU, cores, memory and load the numbers were measured under."""
+    """The CPU, cores, memory, load, dispatch settings and precision the numbers were measured under."""
     import psutil
 
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line), "")
@@ -34,6 +47,10 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "load_average_1m": round(os.getloadavg()[0], 2),
+        "compute_cores": len(compute_cores()),
+        "dispatch": {name: os.environ[name] for name in DISPATCH_SETTINGS if name in os.environ} or "native",
+        "precision": compute_precision().dtype,
+        "precision_reason": compute_precision().reason,
     }
 
 

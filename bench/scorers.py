@@ -24,10 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from tao_dagster.defs.resources import PROJECT_ROOT
 from tao_dagster.devserver import vllm_server
 from tao_dagster.domain import load_domain
 from tao_dagster.models import resolve_base_model, tiny_llama_config
+from tao_dagster.paths import PROJECT_ROOT
 from tao_dagster.rewards import Scored, Scorer, build_scorers
 
 PROMPTS, PER_PROMPT, REPEATS = 25, 4, 3

@@ -1,33 +1,39 @@
 """DPO training: the project's DPO step against TRL's DPOTrainer in a naive configuration, on the same pairs.
 
 Both run `train_dpo` (TRL's DPOTrainer, LoRA r=16 on all linear layers, sigmoid + SFT loss, the same
-seed, batches and learning-rate schedule) on the embedded model, and differ only in these settings:
+seed, batches and learning-rate schedule) on the embedded model, in the same precision, and differ only in
+these settings:
 
-- naive TRL: fp32, reference log-probs computed at every step, TRL's own forward (each pair's prompt runs
-  twice, and the LM head scores every position against the 49k-token vocabulary);
-- project: the TrainSettings defaults: bf16 autocast, one reference pass before training, each pair's
-  prompt run once for both answers and only answer tokens through the LM head (`share_prompts`);
-- project fp32: the project's forward without bf16, to show what each part buys.
+- naive TRL: reference log-probs computed at every step, TRL's own forward (each pair's prompt runs twice,
+  and the LM head scores every position against the 49k-token vocabulary), TRL's default gradient
+  checkpointing;
+- project: the TrainSettings defaults: one reference pass before training, the opening all prompts share
+  run once per batch and each prompt once for both answers of its pair, only answer tokens through the LM
+  head (`share_prompts`), and under bf16 the LoRA sums in fp32.
 
+Each pair is measured in float32, and in bfloat16 too where this machine's precision is bf16 (elsewhere
+bf16 is the slow path: a hundred times slower, see tao_dagster/hardware.py, and not worth an hour here).
 Pairs: plain banking prompts (the demo domain's instruction + a real query), a JSON answer as chosen and
 a chatty non-JSON one as rejected, the canned answers of bench/scorers.py's kind, so the run needs no
 generation. tokens/s counts prompt+chosen and prompt+rejected tokens over the training time, the
-reference pass included. Repetitions alternate the configurations; the table shows medians, and both
-loss curves are printed step by step so a speed-up cannot hide a different optimisation.
+reference pass included. Repetitions alternate the configurations; the table shows medians, and the loss
+curves are printed step by step so a speed-up cannot hide a different optimisation.
 
-    .venv/bin/python bench/training.py            # about 12 minutes on 2 cores
+    .venv/bin/python bench/training.py            # about 10 minutes on 2 cores
 """
 
 import argparse
 import csv
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
-from common import machine, median, print_table, write_result
+from common import machine, median, print_table, result_suffix, write_result
 
-from tao_dagster.defs.resources import PROJECT_ROOT
 from tao_dagster.domain import load_domain
+from tao_dagster.hardware import Precision, compute_precision
 from tao_dagster.models import resolve_base_model
+from tao_dagster.paths import PROJECT_ROOT
 from tao_dagster.training import TrainSettings, train_dpo
 
 DEMO = PROJECT_ROOT / "assets" / "banking"
@@ -42,11 +48,17 @@ REJECTED = [
     "I am sorry to hear that. Please check the exchange rate shown in the app before you exchange currency.",
     "Hello! Thank you for reaching out. Could you tell me a bit more about what happened so I can help?",
 ]
-CONFIGS = {
-    "naive TRL": {"bf16": False, "precompute_ref_log_probs": False, "share_prompts": False, "gradient_checkpointing": True},
-    "project fp32": {"bf16": False},
-    "project": {},
-}
+NAIVE = {"precompute_ref_log_probs": False, "share_prompts": False, "gradient_checkpointing": True}
+
+
+def configurations() -> dict[str, tuple[Precision, dict]]:
+    """(precision, TrainSettings overrides) per configuration: naive and project in fp32, and in bf16 where it is fast."""
+    dtypes = ["float32", "bfloat16"] if compute_precision().bf16 else ["float32"]
+    return {
+        f"{system} {dtype}": (Precision(dtype, "bench"), flags)
+        for dtype in dtypes
+        for system, flags in (("naive TRL", NAIVE), ("project", {}))
+    }
 
 
 def preference_pairs(count: int) -> list[dict]:
@@ -70,42 +82,49 @@ def main() -> None:
     args = parser.parse_args()
     model = resolve_base_model("embedded", PROJECT_ROOT / ".tao_home" / "cache")
     pairs = preference_pairs(args.pairs)
-    runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
+    configs = configurations()
+    runs: dict[str, list[dict]] = {name: [] for name in configs}
     for repeat in range(args.repeats):
-        for name, flags in CONFIGS.items():
+        for name, (precision, flags) in configs.items():
             settings = TrainSettings(batch_size=args.batch_size, max_pairs=0, **flags)
             with tempfile.TemporaryDirectory(prefix="tao-bench-training-") as work:
-                metrics = train_dpo(model, pairs, settings, Path(work) / "model", Path(work) / "trainer")
+                metrics = train_dpo(model, pairs, settings, Path(work) / "model", Path(work) / "trainer", precision=precision)
             runs[name].append(metrics)
             print(f"repeat {repeat + 1} {name}: {metrics['tokens_per_second']:.0f} tokens/s, loss {metrics['loss_curve']}", flush=True)
 
     rate = {name: median([m["tokens_per_second"] for m in results]) for name, results in runs.items()}
-    naive_curve = runs["naive TRL"][0]["loss_curve"]
+
+    def naive(name: str) -> str:
+        return "naive TRL " + name.rsplit(" ", 1)[1]  # the naive run in the same precision
+
     rows = [
         {
             "configuration": name,
             "tokens/s (median)": round(rate[name], 1),
             "seconds (median)": round(median([m["train_seconds"] for m in results]), 1),
             "tokens": results[0]["train_tokens"],
-            "speed-up": round(rate[name] / rate["naive TRL"], 2),
+            "speed-up": round(rate[name] / rate[naive(name)], 2),
             "final loss": round(results[0]["final_loss"], 4),
-            "max |loss - naive|": round(max(abs(a - b) for a, b in zip(results[0]["loss_curve"], naive_curve)), 4),
+            "max |loss - naive|": round(max(abs(a - b) for a, b in zip(results[0]["loss_curve"], runs[naive(name)][0]["loss_curve"])), 4),
         }
         for name, results in runs.items()
     ]
-    workload = f"{args.pairs} pairs, batch {args.batch_size}, {len(naive_curve)} steps, {args.repeats} repeats"
+    steps = len(runs[next(iter(runs))][0]["loss_curve"])
+    workload = f"{args.pairs} pairs, batch {args.batch_size}, {steps} steps, {args.repeats} repeats"
     print_table(rows, f"DPO training on the embedded model: {workload}; {machine()['cpu']}")
     print("\nloss per step (first repeat)")
     for name, results in runs.items():
-        print(f"{name:<14}" + " ".join(f"{loss:.4f}" for loss in results[0]["loss_curve"]))
-    ratio = rate["project"] / rate["naive TRL"]
-    print(f"\nproject / naive TRL: {ratio:.2f}x tokens/s (target >= 3x) {'met' if ratio >= 3 else 'MISSED'}")
+        print(f"{name:<20}" + " ".join(f"{loss:.4f}" for loss in results[0]["loss_curve"]))
+    ratios = {f"{name} / {naive(name)}": rate[name] / rate[naive(name)] for name in runs if name.startswith("project")}
+    for name, ratio in ratios.items():
+        print(f"{name}: {ratio:.2f}x tokens/s (target >= 3x) {'met' if ratio >= 3 else 'MISSED'}")
     write_result(
-        "training",
+        f"training{result_suffix()}",
         {
             "workload": workload,
+            "precision": asdict(compute_precision()),
             "table": rows,
-            "ratios": {"project / naive TRL": {"ratio": round(ratio, 3), "target": 3.0}},
+            "ratios": {name: {"ratio": round(ratio, 3), "target": 3.0} for name, ratio in ratios.items()},
             "loss_curves": {name: [m["loss_curve"] for m in results] for name, results in runs.items()},
             "runs": {name: [{k: v for k, v in m.items() if k != "loss_curve"} for m in results] for name, results in runs.items()},
         },

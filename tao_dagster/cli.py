@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from tao_dagster.defs.deploy import INSTANCE_YAML, PROJECT_ROOT, profile
-from tao_dagster.defs.resources import tao_home
+from tao_dagster.defs.resources import interrupt_received
+from tao_dagster.paths import tao_home
 
 
 def use_project_instance() -> None:
@@ -167,7 +168,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     use_project_instance()
     if args.command == "demo":
-        run_demo(args.rounds, args.logs_from, args.max_eval_prompts)
+        try:
+            run_demo(args.rounds, args.logs_from, args.max_eval_prompts)
+        except BaseException as err:  # a step turns an interrupt into a failure of its run (see stops_when_interrupted)
+            if isinstance(err, KeyboardInterrupt) or interrupt_received.is_set():
+                stage("interrupted: stopped, nothing retried")
+                sys.exit(130)
+            raise
     elif args.command == "dev":
         dagster = Path(sys.executable).with_name("dagster")
         os.execv(dagster, [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.port)])

@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from tao_dagster.defs.resources import PROJECT_ROOT
+from tao_dagster.paths import PROJECT_ROOT
 
 
 def free_port() -> int:

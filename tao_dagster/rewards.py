@@ -643,7 +643,8 @@ class RewardModelScorer(Scorer):
     Skywork-Reward family: the prompt and response are rendered as a conversation in the model's chat
     template, and its single logit is the score, squashed to 0..1 by a sigmoid unless `sigmoid: false`
     (raw logits are unbounded and would outweigh the other scorers in the weighted mean). Batched by
-    `batch_size` (8) without gradients, in `dtype` bfloat16 (float32 for exact scores).
+    `batch_size` (8) without gradients, in `dtype` (`auto`: the machine's precision, see hardware.py; float32 for
+    exact scores).
     """
 
     kind = "reward_model"
@@ -652,8 +653,8 @@ class RewardModelScorer(Scorer):
 
     def check(self):
         check_model(self)
-        if self.params.get("dtype", "bfloat16") not in ("bfloat16", "float16", "float32"):
-            raise self.invalid(f"dtype must be bfloat16, float16 or float32, not {self.params['dtype']!r}")
+        if self.params.get("dtype", "auto") not in ("auto", "bfloat16", "float16", "float32"):
+            raise self.invalid(f"dtype must be auto, bfloat16, float16 or float32, not {self.params['dtype']!r}")
 
     def identity(self):
         return super().identity() | model_files(self.params["model"])
@@ -663,8 +664,10 @@ class RewardModelScorer(Scorer):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from tao_dagster.generation import chat_token_ids
+        from tao_dagster.hardware import compute_precision
 
-        path, dtype = self.params["model"], getattr(torch, self.params.get("dtype", "bfloat16"))
+        path, dtype = self.params["model"], self.params.get("dtype", "auto")
+        dtype = compute_precision().torch_dtype() if dtype == "auto" else getattr(torch, dtype)
         tokenizer = AutoTokenizer.from_pretrained(path, padding_side="right")  # positions as when unbatched
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype).eval()
         if model.config.num_labels != 1:

@@ -9,10 +9,13 @@ import json
 import logging
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import polars as pl
 from pydantic import BaseModel, Field
+
+from tao_dagster.hardware import Precision, compute_precision, use_all_cores
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,6 @@ class TrainSettings(BaseModel):
     max_pairs: int = Field(
         160, description="Cap on pairs (0: all), keeping the widest reward margins; 160 sizes a round for a 2-core CPU (about 6 min)."
     )
-    bf16: bool = Field(True, description="bf16 autocast (2.5x the fp32 matmul rate on this CPU).")
     precompute_ref_log_probs: bool = Field(True, description="One reference pass before training instead of one per step.")
     share_prompts: bool = Field(
         True, description="Run each pair's prompt once for both answers (same loss, less work); needs gradient_checkpointing off."
@@ -112,8 +114,9 @@ def share_prompts(model) -> None:
 
     DPO scores a pair as prompt+chosen and prompt+rejected, so TRL runs every prompt twice, and on a CPU its
     LM head scores every position, prompt and padding included, against the whole 49k-token vocabulary. Here
-    the batch's prompts run once, their key/value cache is shared by both answers of each pair, and only
-    answer tokens go through TRL's chunked LM-head kernel. The log-probs, and so the loss and its gradient,
+    the opening that all the batch's prompts share (the chat template and the domain's instruction) runs once
+    for the batch, the rest of each prompt once for its pair, their key/value cache is shared by both answers
+    of each pair, and only answer tokens go through TRL's chunked LM-head kernel. The log-probs, and so the loss and its gradient,
     are the same; only work that TRL discards is skipped. Batches whose pairs do not start with one shared
     prompt, models under gradient checkpointing (which allows no cache) and models that transform their
     logits take TRL's own path. Call after DPOTrainer has added its fused head.
@@ -151,9 +154,19 @@ def share_prompts(model) -> None:
         ends = attention_mask.sum(dim=1) if attention_mask is not None else torch.full_like(starts, width)
         prompt_lengths = starts[:pairs]
         longest_prompt = int(prompt_lengths.max())
-        # Prompts run once, from the chosen rows. Past a shorter prompt come its answer tokens: causal attention
-        # keeps them out of the prompt, and the mask below keeps them out of the answers.
-        prompts = self.base_model(input_ids=input_ids[:pairs, :longest_prompt], use_cache=True)
+        # The opening all prompts share (chat template and task instruction, most of each prompt) runs once for
+        # the batch; each prompt's own rest runs once per pair, from the chosen rows. Each keeps at least one token
+        # of its own, whose hidden state predicts its first answer token. Past a shorter prompt come its answer
+        # tokens: causal attention keeps them out of the prompt, and the mask below keeps them out of the answers.
+        rows = input_ids[:pairs, :longest_prompt]
+        same = (rows == rows[:1]).all(dim=0).int()
+        common = min(int(same.cumprod(dim=0).sum()), int(prompt_lengths.min()) - 1) if pairs > 1 else 0
+        cache = None
+        if common:
+            cache = self.base_model(input_ids=rows[:1, :common], use_cache=True).past_key_values
+            cache.batch_repeat_interleave(pairs)
+        rest_positions = torch.arange(common, longest_prompt, device=device).expand(pairs, -1)
+        prompts = self.base_model(input_ids=rows[:, common:], position_ids=rest_positions, past_key_values=cache, use_cache=True)
         cache = prompts.past_key_values
         cache.batch_repeat_interleave(2)  # rows: pair 0 twice, pair 1 twice, ...
         chosen_rows = torch.arange(pairs, device=device)
@@ -167,7 +180,7 @@ def share_prompts(model) -> None:
         answer_ids = input_ids[order[:, None], inside]
         answers = self.base_model(input_ids=answer_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
         # Hidden state j predicts answer token j: a prompt's last one predicts the first answer token.
-        last_prompt = prompts.last_hidden_state[chosen_rows, prompt_lengths - 1].repeat_interleave(2, dim=0)
+        last_prompt = prompts.last_hidden_state[chosen_rows, prompt_lengths - 1 - common].repeat_interleave(2, dim=0)
         hidden = torch.cat([last_prompt[:, None], answers.last_hidden_state[:, :-1]], dim=1)
         counted = scored[order[:, None], inside] & (positions < ends[order, None])
         head = self.get_output_embeddings()
@@ -223,7 +236,15 @@ def add_lora_in_fp32(model) -> None:
             module.forward = types.MethodType(forward, module)
 
 
-def train_dpo(model_path: str, pairs: list[dict], settings: TrainSettings, out_dir: Path, work_dir: Path, processes: int = 1) -> dict:
+def train_dpo(
+    model_path: str,
+    pairs: list[dict],
+    settings: TrainSettings,
+    out_dir: Path,
+    work_dir: Path,
+    processes: int = 1,
+    precision: Precision | None = None,
+) -> dict:
     """Train LoRA adapters with DPO, merge them and save a standalone model to `out_dir`.
 
     `pairs` are TRL conversational records: {"prompt": [messages], "chosen": [msg], "rejected": [msg]}.
@@ -233,17 +254,22 @@ def train_dpo(model_path: str, pairs: list[dict], settings: TrainSettings, out_d
     Returns the training metrics and the loss curve of all steps, those before a resume included.
     `processes` > 1 trains data-parallel, one process per GPU, under `accelerate launch`; `batch_size`
     stays the pairs per optimiser step, split across the processes, so the checkpoint means the same.
+    `precision` defaults to this machine's (bf16 autocast where bf16 is fast, else fp32); the merged model is
+    saved in it, so the next round loads it as it was trained.
     """
     if settings.batch_size % processes:
         raise ValueError(f"batch_size {settings.batch_size} must be a multiple of the {processes} training processes")
     from datasets import Dataset
 
+    precision = precision or compute_precision()
     if processes > 1:
-        return launch_data_parallel(model_path, Dataset.from_list(pairs), settings, out_dir, work_dir, processes)
-    return _train(model_path, Dataset.from_list(pairs), settings, out_dir, work_dir)
+        return launch_data_parallel(model_path, Dataset.from_list(pairs), settings, out_dir, work_dir, processes, precision)
+    return _train(model_path, Dataset.from_list(pairs), settings, out_dir, work_dir, precision)
 
 
-def launch_data_parallel(model_path: str, pairs, settings: TrainSettings, out_dir: Path, work_dir: Path, processes: int) -> dict:
+def launch_data_parallel(
+    model_path: str, pairs, settings: TrainSettings, out_dir: Path, work_dir: Path, processes: int, precision: Precision
+) -> dict:
     """Run `_train` in `processes` processes under `accelerate launch` (torch.distributed: NCCL on GPUs, gloo
     on CPUs) and return the metrics its first process writes. The pairs are saved to disk first, so the
     tokenized copy the first process caches beside them is there for the others (an in-memory dataset's
@@ -254,14 +280,16 @@ def launch_data_parallel(model_path: str, pairs, settings: TrainSettings, out_di
     shutil.rmtree(work_dir / "pairs", ignore_errors=True)
     pairs.save_to_disk(work_dir / "pairs")
     job = work_dir / "job.json"
-    job.write_text(json.dumps({"model_path": model_path, "settings": settings.model_dump(), "out_dir": str(out_dir)}))
+    job.write_text(
+        json.dumps({"model_path": model_path, "settings": settings.model_dump(), "out_dir": str(out_dir), "precision": asdict(precision)})
+    )
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # bf16 is set by TrainSettings
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # bf16 is set by `precision`
     subprocess.run([*launch, "-m", "tao_dagster.training", str(job)], check=True)
     return json.loads((work_dir / "metrics.json").read_text())
 
 
-def _train(model_path: str, pairs, settings: TrainSettings, out_dir: Path, work_dir: Path) -> dict | None:
+def _train(model_path: str, pairs, settings: TrainSettings, out_dir: Path, work_dir: Path, precision: Precision) -> dict | None:
     """One training process; in a data-parallel launch only the first process saves and returns the metrics."""
     import time
 
@@ -271,12 +299,13 @@ def _train(model_path: str, pairs, settings: TrainSettings, out_dir: Path, work_
     from trl import DPOConfig, DPOTrainer
 
     torch.manual_seed(settings.seed)
+    use_all_cores()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # On a GPU, bf16 weights halve the memory (PEFT keeps the adapters in fp32); a CPU keeps fp32 weights under
     # bf16 autocast.
-    gpu_bf16 = settings.bf16 and torch.cuda.is_available()
+    gpu_bf16 = precision.bf16 and torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if gpu_bf16 else torch.float32)
     config = DPOConfig(
         output_dir=str(work_dir),
@@ -288,7 +317,7 @@ def _train(model_path: str, pairs, settings: TrainSettings, out_dir: Path, work_
         per_device_train_batch_size=settings.batch_size // int(os.environ.get("WORLD_SIZE", "1")),
         max_length=settings.max_length,
         precompute_ref_log_probs=settings.precompute_ref_log_probs,
-        bf16=settings.bf16,
+        bf16=precision.bf16,
         gradient_checkpointing=settings.gradient_checkpointing,
         lr_scheduler_type="cosine",
         warmup_steps=2,
@@ -309,7 +338,7 @@ def _train(model_path: str, pairs, settings: TrainSettings, out_dir: Path, work_
     def adapt(peft_model) -> None:
         if settings.share_prompts:
             share_prompts(peft_model.get_base_model())
-        if settings.bf16 and not gpu_bf16:
+        if precision.bf16 and not gpu_bf16:
             add_lora_in_fp32(peft_model)
 
     class Trainer(DPOTrainer):
@@ -329,7 +358,7 @@ def _train(model_path: str, pairs, settings: TrainSettings, out_dir: Path, work_
         return None
     history = [h for h in trainer.state.log_history if "loss" in h]
     merged = trainer.model.merge_and_unload()
-    merged = merged.to(torch.bfloat16)
+    merged = merged.to(precision.torch_dtype())
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     merged.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -355,6 +384,7 @@ def _train(model_path: str, pairs, settings: TrainSettings, out_dir: Path, work_
         "train_tokens": int(tokens),  # prompt+chosen and prompt+rejected, times the epochs
         "tokens_per_second": tokens / seconds,
         "loss_curve": loss_curve,
+        "precision": precision.dtype,
     }
 
 
@@ -364,9 +394,8 @@ def main(job_file: str) -> None:
 
     work_dir = Path(job_file).parent
     job = json.loads(Path(job_file).read_text())
-    metrics = _train(
-        job["model_path"], load_from_disk(work_dir / "pairs"), TrainSettings(**job["settings"]), Path(job["out_dir"]), work_dir
-    )
+    settings, precision = TrainSettings(**job["settings"]), Precision(**job["precision"])
+    metrics = _train(job["model_path"], load_from_disk(work_dir / "pairs"), settings, Path(job["out_dir"]), work_dir, precision)
     if metrics is not None:
         (work_dir / "metrics.json").write_text(json.dumps(metrics))
 

@@ -1,11 +1,16 @@
-"""`tao-dagster demo`, the README's main command, as a user runs it: two flywheel rounds, then a rerun."""
+"""`tao-dagster demo`, the README's main command, as a user runs it: two flywheel rounds, then a rerun; one Ctrl-C."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from .conftest import write_banking_log
+import psutil
+import pytest
+
+from .conftest import MODEL_CACHE, write_banking_log
 
 
 def test_demo_runs_two_rounds_and_a_rerun_has_nothing_to_do(tmp_path, tiny_model_dir, learnable_domain_file):
@@ -35,3 +40,49 @@ def test_demo_runs_two_rounds_and_a_rerun_has_nothing_to_do(tmp_path, tiny_model
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "log-file partitions" not in again.stdout and "promotion gate" not in again.stdout
     assert again.stdout.count("since the last checkpoint: no round to run") == 2
+
+
+@pytest.mark.e2e
+def test_one_ctrl_c_stops_the_demo_at_once_without_retries(tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the demo's whole process group) during vLLM generation: the demo exits
+    with 130, no step is retried, and no process of its session (an engine, a log tailer) is left behind."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    write_banking_log(incoming / "day1.csv", 0, 100)
+    home = tmp_path / "home"
+    (home / "cache").mkdir(parents=True)
+    (home / "cache" / "models").symlink_to(MODEL_CACHE / "models")  # the embedded model converted once per machine
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "TAO_DOMAIN", "TAO_BASE_MODEL", "TAO_ENGINE")}
+    env |= {"TAO_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    output = tmp_path / "demo.log"
+    demo = [str(Path(sys.executable).with_name("tao-dagster")), "demo", "--logs-from", str(incoming)]
+    with output.open("w") as out:
+        proc = subprocess.Popen(demo, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while "Processed prompts" not in output.read_text():  # vLLM is generating
+            assert proc.poll() is None and time.monotonic() < deadline, output.read_text()[-3000:]
+            time.sleep(1)
+        time.sleep(3)
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = output.read_text()
+    assert code == 130, log[-3000:]
+    assert "interrupted: stopped" in log and "STEP_UP_FOR_RETRY" not in log
+    assert "Failure: interrupted" in log and "reward_scores - STEP_START" not in log  # nothing ran after it
+    assert not session_processes(proc.pid)
+
+
+def session_processes(session: int) -> list[psutil.Process]:
+    """Live processes of a session (exited ones not yet reaped do not count)."""
+    alive = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == session and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return alive

@@ -56,6 +56,7 @@ def tiny_demo(tmp_path, monkeypatch):
     (logs / "day 1.csv").write_text("\n".join(lines[:13]) + "\n")
     (logs / "day2.csv").write_text("\n".join([lines[0], *lines[13:25], lines[1]]) + "\n")  # last row repeats day 1
     monkeypatch.setenv("TAO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TAO_DTYPE", "float32")  # the precision of CPUs without fast bf16, whatever this one has
     return {
         "warehouse": WarehouseResource(path=str(tmp_path / "home" / "warehouse.duckdb")),
         "domain": DomainResource(domain_file=str(tmp_path / "domain.yaml"), heldout_fraction=0.35, max_eval_prompts=6),
@@ -86,6 +87,8 @@ def test_all_five_assets_materialize_with_the_real_model(tiny_demo, tmp_path):
         candidates = db.query("select * from candidates")
         assert candidates.height == train * 3  # plain x1 + json_prefix x2
         assert set(candidates["strategy"]) == {"plain", "json_prefix"}
+        assert set(candidates["engine"]) == {"vllm"}  # not a silent fallback to transformers
+        assert result.asset_materializations_for_node("candidate_responses")[0].metadata["precision"].value == "float32"
         assert candidates["completion_tokens"].min() > 0 and set(candidates["finish_reason"]) <= {"stop", "length"}
         assert db.query("select count(*) as n from scores")["n"][0] == candidates.height * 4
         held_ids = set(db.query("select prompt_id from prompts where heldout")["prompt_id"])
@@ -105,6 +108,10 @@ def test_all_five_assets_materialize_with_the_real_model(tiny_demo, tmp_path):
         assert (
             ckpt["steps"].value == 2 and (tmp_path / "home" / "checkpoints" / ckpt["checkpoint_id"].value / "model.safetensors").is_file()
         )
+
+        assert ckpt["precision"].value == "float32"
+        saved = json.loads((tmp_path / "home" / "checkpoints" / ckpt["checkpoint_id"].value / "config.json").read_text())
+        assert saved["dtype"] == "float32"  # as trained, for the next round to load
 
         report_meta = result.asset_materializations_for_node("eval_report")[0].metadata
         report = json.loads(Path(report_meta["report_json"].value).read_text())
@@ -126,6 +133,7 @@ def test_all_five_assets_materialize_with_the_real_model(tiny_demo, tmp_path):
         assert len(versions) == 1
         run = mlflow.get_run(ckpt["mlflow_run_id"].value)
         assert run.data.params["pairs"] == "8" and "eval_diff" in run.data.metrics
+        assert run.data.params["precision"] == "float32" and run.data.params["precision_reason"] == "TAO_DTYPE=float32"
 
         # The promotion gate on its own (two steps of training may or may not be enough): its decision follows
         # the CI, is recorded in MLflow, and the alias moves only when it passes.

@@ -201,7 +201,7 @@ def test_a_reward_model_scores_are_finite_deterministic_and_batch_independent(ti
     assert all(math.isfinite(x) for x in logits) and len(set(logits)) == len(items)
     assert reward_model(tiny_reward_model_dir, dtype="float32", sigmoid=False, batch_size=1).score(items) == pytest.approx(logits, abs=1e-5)
     assert exact.score(items) == logits
-    squashed = reward_model(tiny_reward_model_dir).score(items)  # bfloat16, through a sigmoid
+    squashed = reward_model(tiny_reward_model_dir).score(items)  # the machine precision, through a sigmoid
     assert squashed == pytest.approx([1 / (1 + math.exp(-x)) for x in logits], abs=2e-3)
     assert all(0.0 < x < 1.0 for x in squashed)
     assert reward_model(tiny_reward_model_dir, batch_size=1).score(items) == pytest.approx(squashed, abs=1e-3)
@@ -230,5 +230,5 @@ def test_a_reward_model_needs_one_label(tiny_reward_model_dir, tmp_path):
     AutoTokenizer.from_pretrained(tiny_reward_model_dir).save_pretrained(two_labels)
     with pytest.raises(ValueError, match=r"scorer 'rm' \(reward_model\): .* has 2 labels: a reward model has one"):
         reward_model(two_labels).score(candidates())
-    with pytest.raises(ValueError, match=r"dtype must be bfloat16, float16 or float32"):
+    with pytest.raises(ValueError, match=r"dtype must be auto, bfloat16, float16 or float32"):
         reward_model(tiny_reward_model_dir, dtype="int8")

@@ -92,9 +92,26 @@ def test_pair_cap_keeps_the_widest_margins():
     assert pairs["prompt_id"].to_list() == ["p2", "p3"]
 
 
-def test_shared_prompts_give_trl_log_probs_and_gradients(tiny_model_dir):
-    """share_prompts runs each pair's prompt once: on a padded preference batch from TRL's own collator, the
-    per-token log-probs and the gradients match TRL's fused forward, and the pad and prompt positions stay 0."""
+DISTINCT_PROMPTS = [
+    {"prompt_ids": [5, 6, 7, 8, 9], "chosen_ids": [11, 12, 13], "rejected_ids": [31]},
+    {"prompt_ids": [9, 8, 7, 6, 5, 4, 3], "chosen_ids": [21], "rejected_ids": [41, 42, 43, 44]},
+    {"prompt_ids": [17, 18], "chosen_ids": [51, 52], "rejected_ids": [61, 62]},
+]
+# An instruction shared by every prompt, as a domain's plain template gives it; the shortest prompt is the
+# instruction and one token, the longest adds five.
+INSTRUCTION = [70, 71, 72, 73, 74, 75]
+SHARED_OPENING = [
+    {"prompt_ids": [*INSTRUCTION, 9], "chosen_ids": [11, 12, 13], "rejected_ids": [31]},
+    {"prompt_ids": [*INSTRUCTION, 8, 7, 6, 5, 4], "chosen_ids": [21], "rejected_ids": [41, 42, 43, 44]},
+    {"prompt_ids": [*INSTRUCTION, 17, 18], "chosen_ids": [51, 52], "rejected_ids": [61, 62]},
+]
+
+
+@pytest.mark.parametrize("examples", [DISTINCT_PROMPTS, SHARED_OPENING], ids=["distinct prompts", "shared instruction"])
+def test_shared_prompts_give_trl_log_probs_and_gradients(tiny_model_dir, examples):
+    """share_prompts runs each pair's prompt once, and an opening all prompts share once per batch: on a padded
+    preference batch from TRL's own collator, the per-token log-probs and the gradients match TRL's fused
+    forward, and the pad and prompt positions stay 0."""
     import torch
     from transformers import AutoModelForCausalLM
     from trl.trainer.dpo_trainer import DataCollatorForPreference
@@ -104,11 +121,6 @@ def test_shared_prompts_give_trl_log_probs_and_gradients(tiny_model_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))  # as DPOTrainer adds it
-    examples = [
-        {"prompt_ids": [5, 6, 7, 8, 9], "chosen_ids": [11, 12, 13], "rejected_ids": [31]},
-        {"prompt_ids": [9, 8, 7, 6, 5, 4, 3], "chosen_ids": [21], "rejected_ids": [41, 42, 43, 44]},
-        {"prompt_ids": [17, 18], "chosen_ids": [51, 52], "rejected_ids": [61, 62]},
-    ]
     batch = DataCollatorForPreference(pad_token_id=0)(examples)
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
 

@@ -11,9 +11,17 @@ from tao_dagster.defs.deploy import gpu_step
 from tao_dagster.defs.partitions import prompt_partition_asset
 from tao_dagster.defs.policy import current_policy
 from tao_dagster.defs.prompts import raw_prompts
-from tao_dagster.defs.resources import TRANSIENT_RETRY, DomainResource, MlflowResource, PolicyResource, WarehouseResource
+from tao_dagster.defs.resources import (
+    TRANSIENT_RETRY,
+    DomainResource,
+    MlflowResource,
+    PolicyResource,
+    WarehouseResource,
+    stops_when_interrupted,
+)
 from tao_dagster.evaluation import markdown_table
 from tao_dagster.generation import Generation, open_engine
+from tao_dagster.hardware import compute_precision
 
 
 def candidate_id(prompt_id: str, policy_version: str, strategy: str, sampling: str, index: int) -> str:
@@ -53,6 +61,7 @@ def candidate_frame(todo: list[tuple], outputs: list[Generation], version: str, 
     "Generated and stored in chunks, and only missing candidates are generated, so a rerun after a crash continues "
     "where it stopped; held-out prompts never get candidates.",
 )
+@stops_when_interrupted
 def candidate_responses(
     context: dg.AssetExecutionContext,
     domain: DomainResource,
@@ -114,5 +123,6 @@ def candidate_responses(
             "tokens_per_second": round(new_tokens / seconds, 1) if seconds else 0.0,
             "completion_tokens": tokens,
             "per_strategy": dg.MetadataValue.md(markdown_table(stats.to_dicts())),
+            **compute_precision().metadata(),
         }
     )

@@ -15,9 +15,11 @@ from tao_dagster.defs.resources import (
     MlflowResource,
     PolicyResource,
     WarehouseResource,
+    stops_when_interrupted,
     tao_home,
 )
 from tao_dagster.defs.scores import candidate_rewards, reward_scores
+from tao_dagster.hardware import compute_precision
 from tao_dagster.training import TrainSettings, build_pairs, checkpoint_id, train_dpo
 from tao_dagster.warehouse import Warehouse
 
@@ -38,6 +40,7 @@ class TuneConfig(dg.Config, TrainSettings):
     "champion. Same parent, settings and pairs give the same checkpoint, which is reused; a killed or failed run of it "
     "resumes from its last Trainer checkpoint.",
 )
+@stops_when_interrupted
 def tuned_checkpoint(
     context: dg.AssetExecutionContext,
     config: TuneConfig,
@@ -83,7 +86,8 @@ def tuned_checkpoint(
             }
             for pid, chosen, rejected in pairs.select("prompt_id", "chosen", "rejected").iter_rows()
         ]
-        context.log.info(f"training {ckpt} on {len(records)} pairs from {parent.path}")
+        precision = compute_precision()
+        context.log.info(f"training {ckpt} on {len(records)} pairs from {parent.path} in {precision.dtype} ({precision.reason})")
         with mlflow.start_run(run_name=f"dpo-{ckpt}") as run:
             import mlflow as mlf
 
@@ -95,12 +99,13 @@ def tuned_checkpoint(
                     "data_hash": data_hash,
                     "pairs": pairs.height,
                     "domain": spec.name,
+                    **precision.metadata(),
                 }
             )
-            metrics = train_dpo(parent.path, records, settings, out_dir, work_dir, policy.train_processes)
+            metrics = train_dpo(parent.path, records, settings, out_dir, work_dir, policy.train_processes, precision)
             for step, loss in enumerate(metrics["loss_curve"], start=1):
                 mlf.log_metric("train_loss", loss, step=step)
-            mlf.log_metrics({k: v for k, v in metrics.items() if k != "loss_curve"})
+            mlf.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})  # not the curve or the precision
             mlf.log_dict(pairs.head(50).to_dicts(), "pairs_sample.json")
             mlf.log_artifacts(str(out_dir), artifact_path="model")
             run_id, model_version = run.info.run_id, mlflow.register(run)
@@ -142,6 +147,7 @@ def tuned_checkpoint(
             "resumed_from_step": metrics.get("resumed_from_step", 0),
             "train_seconds": round(metrics["train_seconds"], 1),
             "train_tokens_per_second": round(metrics.get("tokens_per_second", 0.0), 1),  # absent from older rounds' metrics
+            "precision": metrics.get("precision", "bfloat16"),  # trained in; rounds before the choice was made were bf16
             "mlflow_run_id": run_id,
             "registered_model_version": f"{mlflow.registered_model} v{model_version}",
         }

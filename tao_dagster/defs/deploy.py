@@ -7,11 +7,11 @@ evaluation on GPU nodes, the rest on CPU nodes. Other executors ignore those tag
 """
 
 import os
-from pathlib import Path
 
 import dagster as dg
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from tao_dagster.paths import PROJECT_ROOT
+
 INSTANCE_YAML = {"laptop": PROJECT_ROOT / "dagster.yaml", "prod": PROJECT_ROOT / "deploy" / "dagster.prod.yaml"}
 K8S_CONFIG_TAG = "dagster-k8s/config"
 

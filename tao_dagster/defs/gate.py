@@ -6,8 +6,16 @@ from tao_dagster.defs.checkpoint import latest_checkpoint, tuned_checkpoint
 from tao_dagster.defs.deploy import gpu_step
 from tao_dagster.defs.heldout import answer_rewards, heldout_answers, heldout_prompts, pointwise_scorers
 from tao_dagster.defs.policy import base_policy, champion_policy
-from tao_dagster.defs.resources import TRANSIENT_RETRY, DomainResource, MlflowResource, PolicyResource, WarehouseResource
+from tao_dagster.defs.resources import (
+    TRANSIENT_RETRY,
+    DomainResource,
+    MlflowResource,
+    PolicyResource,
+    WarehouseResource,
+    stops_when_interrupted,
+)
 from tao_dagster.evaluation import compare, promotion_decision
+from tao_dagster.hardware import compute_precision
 
 
 @dg.asset_check(
@@ -20,6 +28,7 @@ from tao_dagster.evaluation import compare, promotion_decision
     "champion's with the 95% CI of the paired difference above zero. Otherwise the old champion stays and "
     "eval_report does not run.",
 )
+@stops_when_interrupted
 def promotion_gate(
     context: dg.AssetCheckExecutionContext,
     domain: DomainResource,
@@ -58,5 +67,6 @@ def promotion_gate(
             **{f"diff_vs_{name}": c["diff"] for name, c in comparisons.items()},
             **{f"diff_vs_{name}_ci_low": c["diff_ci_low"] for name, c in comparisons.items()},
             "heldout_prompts": prompts.height,
+            **compute_precision().metadata(),
         },
     )

@@ -7,7 +7,7 @@ import polars as pl
 
 from tao_dagster.defs.deploy import cpu_step
 from tao_dagster.defs.partitions import prompt_partition_asset
-from tao_dagster.defs.resources import TRANSIENT_RETRY, DomainResource, LogSourceResource, WarehouseResource
+from tao_dagster.defs.resources import TRANSIENT_RETRY, DomainResource, LogSourceResource, WarehouseResource, stops_when_interrupted
 from tao_dagster.evaluation import markdown_table
 from tao_dagster.ingest import is_heldout, normalise_text, parse_log_file, prompt_id
 
@@ -46,6 +46,7 @@ def reconcile_counts(per_partition: list[dict]) -> dg.AssetCheckResult:
         )
     ],
 )
+@stops_when_interrupted
 def raw_prompts(
     context: dg.AssetExecutionContext, domain: DomainResource, logs: LogSourceResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:

@@ -18,11 +18,13 @@ from tao_dagster.defs.resources import (
     MlflowResource,
     PolicyResource,
     WarehouseResource,
+    stops_when_interrupted,
     tao_home,
 )
 from tao_dagster.defs.scores import NO_HACKING_ALARMS, candidate_rewards, hacking_check
 from tao_dagster.diagnostics import alarm_rows, answer_alarms
 from tao_dagster.evaluation import answer_distribution, compare, load_labels, outside_check, plot_report, write_report
+from tao_dagster.hardware import compute_precision
 from tao_dagster.rewards import extract_field
 
 
@@ -58,6 +60,7 @@ from tao_dagster.rewards import extract_field
     "difference with a 95% bootstrap CI, win rate, output tokens, the categorical answer distribution and, where the "
     "domain has labels, the outside check.",
 )
+@stops_when_interrupted
 def eval_report(
     context: dg.AssetExecutionContext,
     domain: DomainResource,
@@ -133,6 +136,7 @@ def eval_report(
             "plot": dg.MetadataValue.path(str(plot)),
             **({"published": dg.MetadataValue.path(published)} if published else {}),
             **numbers,
+            **compute_precision().metadata(),
         },
         check_results=[
             hacking_check(alarms),

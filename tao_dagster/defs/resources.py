@@ -4,7 +4,9 @@ Every setting has a default for the embedded demo and can be changed from the Da
 a run config file, or the TAO_* environment variables read by `default_resources`.
 """
 
+import functools
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -12,23 +14,40 @@ from typing import Literal
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from tao_dagster.defs.deploy import PROJECT_ROOT, gpus, profile
+from tao_dagster.defs.deploy import gpus, profile
 from tao_dagster.defs.partitions import partition_key
 from tao_dagster.domain import Domain, load_domain
 from tao_dagster.generation import EngineSettings
 from tao_dagster.ingest import LOG_SUFFIXES, LongPrompts
 from tao_dagster.models import check_base_model, resolve_base_model
+from tao_dagster.paths import PROJECT_ROOT, tao_home
 from tao_dagster.warehouse import Warehouse
 
 # For the steps whose failures can pass: a generation engine that fails to start, MLflow or S3 I/O. Retried
 # after 10 s, then 30 s; each retry resumes from what the failed attempt stored. Deterministic errors (bad
 # configuration, no training pairs) raise dg.Failure(allow_retries=False) and fail at once.
 TRANSIENT_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
+INTERRUPTED = "interrupted (Ctrl-C, or the run was terminated): not retried"
+interrupt_received = threading.Event()  # set in this process once a step was interrupted
 
 
-def tao_home() -> Path:
-    """The project's home: warehouse, model cache, checkpoints, reports, Dagster and MLflow stores."""
-    return Path(os.environ.get("TAO_HOME", PROJECT_ROOT / ".tao_home")).resolve()
+def stops_when_interrupted(step):
+    """For a step with TRANSIENT_RETRY: an interrupt fails it without retries.
+
+    Dagster retries an interrupted step that has a retry policy (a preempted pod's SIGTERM arrives as an
+    interrupt), so one Ctrl-C in `tao-dagster demo` would be retried twice. An interrupt is a request to stop:
+    the step fails at once, its engine closed on the way out. Lost pods are retried whole by run monitoring.
+    """
+
+    @functools.wraps(step)
+    def run(*args, **kwargs):
+        try:
+            return step(*args, **kwargs)
+        except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError) as err:
+            interrupt_received.set()
+            raise dg.Failure(INTERRUPTED, allow_retries=False) from err
+
+    return run
 
 
 def keep_caches_in_home() -> None:

@@ -9,6 +9,7 @@ from tao_dagster.defs.partitions import prompt_partition_asset
 from tao_dagster.defs.resources import DomainResource, WarehouseResource
 from tao_dagster.diagnostics import Alarm, alarm_rows, calibrate, candidate_alarms, per_scorer, scorer_agreement, spearman
 from tao_dagster.evaluation import markdown_table
+from tao_dagster.hardware import compute_precision
 from tao_dagster.rewards import Scored, Scorer, combine, score_frame
 from tao_dagster.warehouse import Warehouse
 
@@ -115,6 +116,7 @@ def reward_scores(context: dg.AssetExecutionContext, domain: DomainResource, war
             "per_strategy": dg.MetadataValue.md(markdown_table(per_strategy.to_dicts())),
             "alarms": dg.MetadataValue.md(markdown_table(alarm_rows(alarms)) if alarms else "none"),
             **({"gold_agreement": dg.MetadataValue.json(gold)} if gold else {}),
+            **compute_precision().metadata(),  # of the scorers that run a model
         },
         check_results=[hacking_check(alarms)],
     )
