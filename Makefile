@@ -21,6 +21,7 @@ dev: setup
 AVX2 = ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
 bench: setup
 	for dispatch in "" "$(AVX2)"; do \
-		env $$dispatch .venv/bin/python bench/generation.py && env $$dispatch .venv/bin/python bench/training.py && \
+		env $$dispatch .venv/bin/python bench/precision.py && env $$dispatch .venv/bin/python bench/generation.py && \
+		env $$dispatch .venv/bin/python bench/training.py && \
 		env $$dispatch .venv/bin/python bench/round.py || exit 1; \
 	done

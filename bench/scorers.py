@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tao_dagster.devserver import vllm_server
 from tao_dagster.domain import load_domain
+from tao_dagster.hardware import compute_precision
 from tao_dagster.models import resolve_base_model, tiny_llama_config
 from tao_dagster.paths import PROJECT_ROOT
 from tao_dagster.rewards import Scored, Scorer, build_scorers
@@ -135,14 +136,15 @@ def main() -> None:
     rows += [measure(s, items, "the banking demo's own scorer") for s in banking]
     sql = load_domain(PROJECT_ROOT / "assets" / "text_to_sql" / "domain.yaml").build_scorers()
     rows += [measure(s, sql_candidates(), "the text-to-SQL demo's scorer, on SQL answers") for s in sql]
+    dtype = compute_precision().dtype  # of the in-process models
     with tempfile.TemporaryDirectory(prefix="tao-bench-") as tmp:
         models = reward_models(base, Path(tmp))
         for name, path in models.items():
-            note = "tiny random model (2 layers, width 64)" if name == "tiny" else "135M parameters (base model body, random head), bf16"
+            note = "tiny random model (2 layers, width 64)" if name == "tiny" else f"135M parameters (model body, random head), {dtype}"
             rows.append(measure(build_scorers([{"name": f"reward_model ({name})", "kind": "reward_model", "model": path}])[0], items, note))
         for mode, calls in (("pointwise", len(items)), ("pairwise", pairs)):
             spec = {"name": f"llm_judge {mode} (local)", "kind": "llm_judge", "model": base, "rubric": RUBRIC, "mode": mode}
-            rows.append(measure(build_scorers([spec])[0], items, f"transformers, 135M, bf16, {calls} judge calls"))
+            rows.append(measure(build_scorers([spec])[0], items, f"transformers, 135M, {dtype}, {calls} judge calls"))
         start = time.perf_counter()
         os.environ["TAO_BENCH_JUDGE_KEY"] = "bench-key"
         with vllm_server(base, Path(tmp) / "vllm.log", api_key="bench-key") as (url, _):

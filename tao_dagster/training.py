@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 from pydantic import BaseModel, Field
 
-from tao_dagster.hardware import Precision, compute_precision, use_all_cores
+from tao_dagster.hardware import Precision, compute_precision
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,6 @@ def _train(model_path: str, pairs, settings: TrainSettings, out_dir: Path, work_
     from trl import DPOConfig, DPOTrainer
 
     torch.manual_seed(settings.seed)
-    use_all_cores()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

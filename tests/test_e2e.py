@@ -77,6 +77,12 @@ def test_all_five_assets_materialize_with_the_real_model(tiny_demo, tmp_path):
         result = dg.materialize(prompt_assets, instance=instance, resources=tiny_demo, tags=tags)
         assert result.success
         assert not engine_processes(), "the vLLM engine outlived its step"
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # vLLM's in-process worker replaced this with a no-op; closing the engine restores it
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(threads)
         ingest = result.asset_materializations_for_node("raw_prompts")[0].metadata
         assert ingest["rows_read"].value == 25 and ingest["duplicates"].value == 1 and ingest["quarantined"].value == 0
 
