@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import MODEL_CACHE, write_banking_log
+from .conftest import write_banking_log
 
 
 def test_demo_runs_two_rounds_and_a_rerun_has_nothing_to_do(tmp_path, tiny_model_dir, learnable_domain_file):
@@ -43,7 +43,7 @@ def test_demo_runs_two_rounds_and_a_rerun_has_nothing_to_do(tmp_path, tiny_model
 
 
 @pytest.mark.e2e
-def test_one_ctrl_c_stops_the_demo_at_once_without_retries(tmp_path):
+def test_one_ctrl_c_stops_the_demo_at_once_without_retries(tmp_path, embedded_model_dir):
     """A terminal's Ctrl-C (SIGINT to the demo's whole process group) during vLLM generation: the demo exits
     with 130, no step is retried, and no process of its session (an engine, a log tailer) is left behind."""
     incoming = tmp_path / "incoming"
@@ -51,7 +51,7 @@ def test_one_ctrl_c_stops_the_demo_at_once_without_retries(tmp_path):
     write_banking_log(incoming / "day1.csv", 0, 100)
     home = tmp_path / "home"
     (home / "cache").mkdir(parents=True)
-    (home / "cache" / "models").symlink_to(MODEL_CACHE / "models")  # the embedded model converted once per machine
+    (home / "cache" / "models").symlink_to(embedded_model_dir.parent)  # the embedded model, converted once per machine
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "TAO_DOMAIN", "TAO_BASE_MODEL", "TAO_ENGINE")}
     env |= {"TAO_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
     output = tmp_path / "demo.log"
