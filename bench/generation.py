@@ -37,7 +37,7 @@ from tao_dagster.defs.partitions import log_files
 from tao_dagster.defs.prompts import raw_prompts
 from tao_dagster.defs.resources import PROJECT_ROOT, DomainResource, default_resources
 from tao_dagster.domain import load_domain
-from tao_dagster.hardware import compute_cores, compute_precision, scoped_environment, vllm_cpu_environment
+from tao_dagster.hardware import compute_cores, compute_precision, scoped_environment, vllm_cpu_environment, vllm_executor_backend
 
 DEMO = PROJECT_ROOT / "assets" / "banking"
 TEMPERATURE = 0.8
@@ -93,7 +93,6 @@ def run_bare_vllm(model: str, prompts: list, candidates: int, max_tokens: int, d
 
     with scoped_environment(env):
         began = time.perf_counter()
-        in_process = env.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
         llm = LLM(
             model=model,
             seed=0,
@@ -102,7 +101,7 @@ def run_bare_vllm(model: str, prompts: list, candidates: int, max_tokens: int, d
             block_size=32,
             enforce_eager=True,
             gpu_memory_utilization=0.3,
-            distributed_executor_backend="uni" if in_process else None,
+            distributed_executor_backend=vllm_executor_backend(),
         )
         start_up = time.perf_counter() - began
     slow = dtype != compute_precision().dtype and dtype == "bfloat16"

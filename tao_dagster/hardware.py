@@ -52,11 +52,7 @@ class Precision:
 
 
 def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
+    line = next((line for line in _cpuinfo_lines() if line.startswith(("flags", "Features"))), "")
     return set(line.partition(":")[2].split())
 
 
@@ -171,6 +167,12 @@ def vllm_cpu_environment(tensor_parallel_size: int = 1) -> dict[str, str]:
     if tensor_parallel_size == 1:
         settings["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     return settings
+
+
+def vllm_executor_backend(tensor_parallel_size: int = 1) -> str | None:
+    """vLLM's `distributed_executor_backend` under the environment in force: `uni` (the model in this process)
+    when VLLM_ENABLE_V1_MULTIPROCESSING=0 and one rank, else None (vLLM's own choice)."""
+    return "uni" if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0" and tensor_parallel_size == 1 else None
 
 
 @contextlib.contextmanager

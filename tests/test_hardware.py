@@ -5,7 +5,7 @@ import os
 import pytest
 
 from tao_dagster import hardware
-from tao_dagster.hardware import compute_cores, compute_precision, vllm_cpu_environment
+from tao_dagster.hardware import compute_cores, compute_precision, vllm_cpu_environment, vllm_executor_backend
 
 FAST = {"bfloat16": 430.0, "float32": 160.0}  # GFLOP/s as measured on a CPU with AVX-512-BF16
 SLOW = {"bfloat16": 0.9, "float32": 180.0}  # the same CPU with oneDNN limited to AVX2
@@ -102,3 +102,10 @@ def test_vllm_gets_every_core_of_this_process():
     assert one_rank["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0" and one_rank["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
     two_ranks = vllm_cpu_environment(tensor_parallel_size=2)
     assert two_ranks["VLLM_CPU_OMP_THREADS_BIND"].count("|") == 1 and "VLLM_ENABLE_V1_MULTIPROCESSING" not in two_ranks
+
+
+def test_the_engine_runs_in_process_exactly_when_the_environment_says_so(monkeypatch):
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    assert vllm_executor_backend() == "uni" and vllm_executor_backend(tensor_parallel_size=2) is None
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # a user's own setting wins over the default
+    assert vllm_executor_backend() is None
