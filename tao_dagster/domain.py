@@ -10,26 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from tao_dagster.generation import Request, Sampling
 from tao_dagster.rewards import Scorer, build_scorers
-
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float
-    top_p: float = 1.0
-    max_tokens: int = 64
-
-    def key(self) -> str:
-        return f"t={self.temperature:g},p={self.top_p:g},max={self.max_tokens}"
-
-
-@dataclass(frozen=True)
-class Request:
-    """One completion to generate: a conversation, optionally with the start of the answer given."""
-
-    messages: list[dict]
-    sampling: Sampling
-    response_prefix: str = ""
 
 
 @dataclass(frozen=True)

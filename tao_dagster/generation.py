@@ -13,10 +13,28 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tao_dagster.domain import Request, Sampling
 from tao_dagster.hardware import compute_precision, scoped_environment, vllm_cpu_environment, vllm_executor_backend
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float
+    top_p: float = 1.0
+    max_tokens: int = 64
+
+    def key(self) -> str:
+        return f"t={self.temperature:g},p={self.top_p:g},max={self.max_tokens}"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One completion to generate: a conversation, optionally with the start of the answer given."""
+
+    messages: list[dict]
+    sampling: Sampling
+    response_prefix: str = ""
 
 
 @dataclass

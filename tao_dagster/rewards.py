@@ -605,8 +605,7 @@ class LlmJudgeScorer(Scorer):
         return self._ask_endpoint(conversations) if "base_url" in self.params else self._ask_local(conversations)
 
     def _ask_local(self, conversations: list[list[dict]]) -> list[str]:
-        from tao_dagster.domain import Request, Sampling
-        from tao_dagster.generation import EngineSettings, TransformersEngine
+        from tao_dagster.generation import EngineSettings, Request, Sampling, TransformersEngine
 
         settings = EngineSettings(engine="transformers", batch_size=int(self.params.get("batch_size", 16)))
         engine = TransformersEngine(self.params["model"], settings)

@@ -1,7 +1,6 @@
 import pytest
 
-from tao_dagster.domain import Request, Sampling
-from tao_dagster.generation import EngineSettings, TransformersEngine, open_engine
+from tao_dagster.generation import EngineSettings, Request, Sampling, TransformersEngine, open_engine
 
 
 def test_transformers_engine_generates_one_answer_per_request(tiny_model_dir):

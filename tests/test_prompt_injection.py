@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from tao_dagster.domain import Request, Sampling, load_domain
-from tao_dagster.generation import render
+from tao_dagster.domain import load_domain
+from tao_dagster.generation import Request, Sampling, render
 from tao_dagster.ingest import parse_log_file
 
 DOMAIN = load_domain("assets/banking/domain.yaml")
