@@ -32,12 +32,13 @@ import dagster as dg
 import yaml
 from common import machine, median, print_table, project_home, result_suffix, write_result
 
-from tao_dagster.defs.candidates import candidate_responses
+from tao_dagster.defs.candidates.assets import candidate_responses
 from tao_dagster.defs.partitions import log_files
-from tao_dagster.defs.prompts import raw_prompts
-from tao_dagster.defs.resources import PROJECT_ROOT, DomainResource, default_resources
+from tao_dagster.defs.prompts.assets import raw_prompts
+from tao_dagster.defs.resources import default_resources
 from tao_dagster.domain import load_domain
 from tao_dagster.hardware import compute_cores, compute_precision, scoped_environment, vllm_cpu_environment, vllm_executor_backend
+from tao_dagster.paths import PROJECT_ROOT
 
 DEMO = PROJECT_ROOT / "assets" / "banking"
 TEMPERATURE = 0.8
@@ -52,8 +53,9 @@ def workload(home: Path, prompts: int, candidates: int, max_tokens: int) -> tupl
     (home / "logs").mkdir(parents=True)
     queries = (DEMO / "logs" / "2026-11-02.csv").read_text().splitlines()[: prompts + 1]
     (home / "logs" / "bench.csv").write_text("\n".join(queries) + "\n")
-    os.environ.update({"TAO_HOME": str(home), "TAO_DOMAIN": str(home / "domain.yaml"), "TAO_LOGS": str(home / "logs")})
-    resources = {**default_resources(), "domain": DomainResource(domain_file=str(home / "domain.yaml"), heldout_fraction=0.0)}
+    os.environ["TAO_HOME"] = str(home)
+    overrides = {"domain": {"domain_file": str(home / "domain.yaml"), "heldout_fraction": 0.0}, "logs": {"location": str(home / "logs")}}
+    resources = default_resources(home, overrides)
     domain = load_domain(home / "domain.yaml")
     # Read back as the ingest reads it: the header is `text`, and quoted queries lose their quotes.
     conversations = [[{"role": "user", "content": row["text"]}] for row in csv.DictReader((home / "logs" / "bench.csv").open())]

@@ -98,7 +98,7 @@ def main() -> None:
     import dagster as dg
 
     from tao_dagster.cli import run_demo, score, use_project_instance
-    from tao_dagster.definitions import defs
+    from tao_dagster.defs.resources import default_resources
 
     use_project_instance()
     sampler = MemorySampler()
@@ -112,7 +112,7 @@ def main() -> None:
     # The fifth file arrives: one partition, scored as the sensor's run scores it.
     shutil.copy(files[-1], home / "logs" / files[-1].name)
     began = time.time()
-    score(instance, dict(defs.resources), [files[-1].name])
+    score(instance, default_resources(), [files[-1].name])
     partition_s = time.time() - began
     sampler.running = False
     sampler.join()

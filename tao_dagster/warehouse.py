@@ -99,3 +99,109 @@ class Warehouse:
     def upsert(self, table: str, frame: pl.DataFrame, on_conflict: str = "replace") -> None:
         with self.transaction() as con:
             self.insert(con, table, frame, on_conflict)
+
+    # Prompts
+
+    def store_partition(self, key: str, sources: list[dict], quarantine: list[dict]) -> dict[str, int]:
+        """Replace what partition `key` holds by one file's rows, in one transaction; the counts of accepted,
+        duplicate and quarantined rows, and of the held-out prompts among the partition's new ones.
+
+        `sources` are the file's accepted rows (line, source_file, prompt_id, messages, text, heldout). A row is a
+        duplicate when its prompt came first in another partition or earlier in this file. The check and the
+        writes share the transaction, which holds the file's lock, so a run ingesting another file at the same
+        time cannot also take a shared prompt as new. The counts are read back from the tables written.
+        """
+        with self.transaction() as con:
+            seen = {pid for (pid,) in con.execute("select prompt_id from prompts where first_partition <> ?", [key]).fetchall()}
+            prompts, rows = {}, []
+            for row in sources:
+                pid = row["prompt_id"]
+                duplicate = pid in seen or pid in prompts
+                if not duplicate:
+                    prompts[pid] = {k: row[k] for k in ("prompt_id", "messages", "text", "heldout")} | {"first_partition": key}
+                rows.append(
+                    {"partition": key, "source_file": row["source_file"], "line": row["line"], "prompt_id": pid, "duplicate": duplicate}
+                )
+            con.execute("delete from prompt_sources where partition = ?", [key])
+            con.execute("delete from quarantine where partition = ?", [key])
+            self.insert(con, "prompts", pl.DataFrame(list(prompts.values()), schema_overrides={"heldout": pl.Boolean}), "ignore")
+            self.insert(con, "prompt_sources", pl.DataFrame(rows))
+            quarantine_schema = {"partition": pl.String, "source_file": pl.String, "line": pl.Int64, "reason": pl.String, "raw": pl.String}
+            self.insert(con, "quarantine", pl.DataFrame([{"partition": key, **q} for q in quarantine], schema=quarantine_schema))
+            accepted, duplicates = con.execute(
+                "select count(*) filter (where not duplicate), count(*) filter (where duplicate) from prompt_sources where partition = ?",
+                [key],
+            ).fetchone()
+            (quarantined,) = con.execute("select count(*) from quarantine where partition = ?", [key]).fetchone()
+        heldout = sum(p["heldout"] for p in prompts.values())
+        return {"accepted": accepted, "duplicates": duplicates, "quarantined": quarantined, "heldout": heldout}
+
+    def training_prompts(self, partitions: list[str]) -> pl.DataFrame:
+        """Prompts first seen in these partitions that are not held out: prompt_id, messages, first_partition."""
+        return self.query(
+            "select prompt_id, messages, first_partition from prompts where not heldout and first_partition in (select unnest(?))",
+            [partitions],
+        )
+
+    def heldout_prompts(self, limit: int = 0) -> pl.DataFrame:
+        """Held-out prompts in their fixed hashed order, at most `limit` of them (0: all)."""
+        prompts = self.query("select prompt_id, messages, text from prompts where heldout order by prompt_id")
+        return prompts.head(limit) if limit else prompts
+
+    # Candidates and scores
+
+    def candidate_ids(self, policy_version: str) -> set[str]:
+        return set(self.query("select candidate_id from candidates where policy_version = ?", [policy_version])["candidate_id"])
+
+    def candidate_stats(self, policy_version: str, partitions: list[str]) -> pl.DataFrame:
+        """Per strategy and sampling: candidates, mean completion tokens and the share cut at max_tokens."""
+        return self.query(
+            """select strategy, sampling, count(*) as candidates, round(avg(completion_tokens), 1) as mean_tokens,
+                      round(avg(case when finish_reason = 'length' then 1 else 0 end), 3) as truncated_share
+               from candidates where policy_version = ? and partition in (select unnest(?))
+               group by strategy, sampling order by strategy, sampling""",
+            [policy_version, partitions],
+        )
+
+    def candidates(self, partitions: list[str] | None = None) -> pl.DataFrame:
+        """Candidates with their prompt's messages and text, in these partitions (all if None)."""
+        where = "" if partitions is None else "where c.partition in (select unnest(?))"
+        return self.query(
+            f"""select c.candidate_id, c.prompt_id, c.partition, c.policy_version, c.strategy, c.sampling,
+                       c.response, c.completion_tokens, p.messages, p.text
+                from candidates c join prompts p using (prompt_id) {where}""",
+            [] if partitions is None else [partitions],
+        )
+
+    def scores(self, partitions: list[str] | None = None) -> pl.DataFrame:
+        """Every stored score of the candidates in these partitions (all if None), of every scorer version."""
+        where = "" if partitions is None else "where c.partition in (select unnest(?))"
+        return self.query(
+            f"""select s.candidate_id, s.prompt_id, s.scorer, s.scorer_version, s.score
+                from scores s join candidates c using (candidate_id) {where}""",
+            [] if partitions is None else [partitions],
+        )
+
+    def new_scored_prompts(self, policy_version: str) -> int:
+        """Training prompts with scored candidates from this policy, generated since the last checkpoint was trained."""
+        return self.query(
+            """select count(distinct c.prompt_id) as n from candidates c
+               where c.policy_version = ?
+                 and c.created_at > coalesce((select max(created_at) from checkpoints), '-infinity'::timestamp)
+                 and exists (select 1 from scores s where s.candidate_id = c.candidate_id)""",
+            [policy_version],
+        )["n"][0]
+
+    # Checkpoints and held-out answers
+
+    def checkpoint(self, checkpoint_id: str) -> dict | None:
+        found = self.query("select * from checkpoints where checkpoint_id = ?", [checkpoint_id])
+        return found.row(0, named=True) if found.height else None
+
+    def checkpoint_of_run(self, mlflow_run_id: str) -> str | None:
+        found = self.query("select checkpoint_id from checkpoints where mlflow_run_id = ?", [mlflow_run_id])
+        return found["checkpoint_id"][0] if found.height else None
+
+    def answers(self, policy_version: str) -> pl.DataFrame:
+        """The policy's stored held-out answers: prompt_id, response, completion_tokens."""
+        return self.query("select prompt_id, response, completion_tokens from eval_answers where policy_version = ?", [policy_version])

@@ -6,22 +6,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from dagster_aws.s3 import S3Resource
 
-from tao_dagster.defs.flywheel import new_log_files, round_assets
-from tao_dagster.defs.gate import promotion_gate
+from tao_dagster.defs.checkpoint.gate import promotion_gate
+from tao_dagster.defs.flywheel.jobs import round_assets
+from tao_dagster.defs.flywheel.sensors import new_log_files
 from tao_dagster.defs.partitions import log_files
-from tao_dagster.defs.resources import (
-    PROJECT_ROOT,
-    ArtifactStoreResource,
-    DomainResource,
-    FlywheelResource,
-    LogSourceResource,
-    MlflowResource,
-    PolicyResource,
-    WarehouseResource,
-)
+from tao_dagster.defs.resources import ArtifactStoreResource, LogSourceResource, default_resources
 from tao_dagster.models import resolve_base_model, tiny_llama_config
+from tao_dagster.paths import PROJECT_ROOT
 
 from .servers import S3_CREDENTIALS, postgres_bin, postgres_server, s3_server
 
@@ -80,15 +72,16 @@ def tiny_model_dir(embedded_model_dir, tmp_path_factory) -> Path:
 
 def tiny_resources(home: Path, logs: Path, model: Path, domain_file: Path, artifacts: ArtifactStoreResource | None = None) -> dict:
     """The resources of a project home with the tiny model on a domain it can learn, its logs in a local folder."""
-    return {
-        "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
-        "domain": DomainResource(domain_file=str(domain_file), heldout_fraction=0.3),
-        "logs": LogSourceResource(location=str(logs), s3=S3Resource()),
-        "policy": PolicyResource(base_model=str(model), cache_dir=str(home / "cache"), engine="transformers"),
-        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", artifact_location=(home / "mlruns").as_uri()),
-        "artifacts": artifacts or ArtifactStoreResource(s3=S3Resource()),
-        "flywheel": FlywheelResource(min_new_prompts=5),
-    }
+    resources = default_resources(
+        home,
+        {
+            "domain": {"domain_file": str(domain_file)},
+            "logs": {"location": str(logs)},
+            "policy": {"base_model": str(model), "engine": "transformers"},
+            "flywheel": {"min_new_prompts": 5},
+        },
+    )
+    return {**resources, **({"artifacts": artifacts} if artifacts else {})}
 
 
 def run_round(instance, resources, gate: bool = True, **train) -> dg.ExecuteInProcessResult:

@@ -7,18 +7,10 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-from dagster_aws.s3 import S3Resource
 
-from tao_dagster.defs.candidates import candidate_responses
+from tao_dagster.defs.candidates.assets import candidate_responses
 from tao_dagster.defs.partitions import log_files
-from tao_dagster.defs.resources import (
-    ArtifactStoreResource,
-    DomainResource,
-    LogSourceResource,
-    MlflowResource,
-    PolicyResource,
-    WarehouseResource,
-)
+from tao_dagster.defs.resources import default_resources
 from tao_dagster.training import TrainSettings, train_dpo
 from tao_dagster.warehouse import Warehouse
 
@@ -27,14 +19,9 @@ PARTITION = "day1.csv"
 
 def pipeline_resources(home: Path, model_dir: str, domain_file: str, **policy_settings) -> dict:
     """A project home of its own, with the tiny model run by transformers."""
-    return {
-        "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
-        "domain": DomainResource(domain_file=domain_file),
-        "logs": LogSourceResource(location=str(home / "logs"), s3=S3Resource()),
-        "policy": PolicyResource(base_model=model_dir, cache_dir=str(home / "cache"), engine="transformers", **policy_settings),
-        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", artifact_location=(home / "mlruns").as_uri()),
-        "artifacts": ArtifactStoreResource(s3=S3Resource()),
-    }
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    policy = {"base_model": model_dir, "engine": "transformers", **policy_settings}
+    return default_resources(home, {"domain": {"domain_file": domain_file}, "policy": policy})
 
 
 def materialize(assets: list, resources: dict, **kwargs) -> dg.ExecuteInProcessResult:

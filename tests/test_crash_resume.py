@@ -14,12 +14,13 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from tao_dagster.defs import candidates
-from tao_dagster.defs.candidates import candidate_responses
-from tao_dagster.defs.checkpoint import tuned_checkpoint
-from tao_dagster.defs.prompts import raw_prompts
-from tao_dagster.defs.resources import PROJECT_ROOT, TRANSIENT_RETRY
+from tao_dagster.defs.candidates.assets import candidate_responses
+from tao_dagster.defs.checkpoint.assets import tuned_checkpoint
+from tao_dagster.defs.prompts.assets import raw_prompts
+from tao_dagster.defs.steps import TRANSIENT_RETRY
 from tao_dagster.generation import open_engine
+from tao_dagster.paths import PROJECT_ROOT
+from tao_dagster.pipeline import candidates
 from tao_dagster.training import last_saved_checkpoint, train_dpo
 from tao_dagster.warehouse import Warehouse
 from tests.crash_worker import PARTITION, TRAIN_SETTINGS, frame, materialize, pipeline_resources, training_pairs

@@ -1,6 +1,8 @@
 import dagster as dg
 
-from tao_dagster.definitions import defs
+from tao_dagster import definitions
+
+defs = definitions.defs()  # the code location, as `dg dev` and `dagster dev` load it
 
 
 def test_definitions_load_with_the_five_assets_in_lineage():

@@ -8,20 +8,12 @@ import dagster as dg
 import psutil
 import pytest
 import yaml
-from dagster_aws.s3 import S3Resource
 
-from tao_dagster.defs.flywheel import prompt_assets, round_assets
-from tao_dagster.defs.gate import promotion_gate
+from tao_dagster.defs.checkpoint.gate import promotion_gate
+from tao_dagster.defs.flywheel.jobs import prompt_assets, round_assets
 from tao_dagster.defs.partitions import log_files
-from tao_dagster.defs.resources import (
-    PROJECT_ROOT,
-    ArtifactStoreResource,
-    DomainResource,
-    LogSourceResource,
-    MlflowResource,
-    PolicyResource,
-    WarehouseResource,
-)
+from tao_dagster.defs.resources import default_resources
+from tao_dagster.paths import PROJECT_ROOT
 
 from .conftest import MODEL_CACHE
 
@@ -57,21 +49,17 @@ def tiny_demo(tmp_path, monkeypatch):
     (logs / "day2.csv").write_text("\n".join([lines[0], *lines[13:25], lines[1]]) + "\n")  # last row repeats day 1
     monkeypatch.setenv("TAO_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TAO_DTYPE", "float32")  # the precision of CPUs without fast bf16, whatever this one has
-    return {
-        "warehouse": WarehouseResource(path=str(tmp_path / "home" / "warehouse.duckdb")),
-        "domain": DomainResource(domain_file=str(tmp_path / "domain.yaml"), heldout_fraction=0.35, max_eval_prompts=6),
-        "logs": LogSourceResource(location=str(logs), s3=S3Resource()),
-        "policy": PolicyResource(base_model="embedded", cache_dir=str(MODEL_CACHE)),
-        "mlflow": MlflowResource(
-            tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}", artifact_location=(tmp_path / "home" / "mlruns").as_uri()
-        ),
-        "artifacts": ArtifactStoreResource(s3=S3Resource()),
+    overrides = {
+        "domain": {"domain_file": str(tmp_path / "domain.yaml"), "heldout_fraction": 0.35, "max_eval_prompts": 6},
+        "logs": {"location": str(logs)},
+        "policy": {"cache_dir": str(MODEL_CACHE)},
     }
+    return default_resources(tmp_path / "home", overrides)
 
 
 def test_all_five_assets_materialize_with_the_real_model(tiny_demo, tmp_path):
     with dg.instance_for_test() as instance:
-        keys = sorted(tiny_demo["logs"].list_files())  # "day 1.csv" gets a sanitised key
+        keys = sorted(tiny_demo["logs"].get().list_files())  # "day 1.csv" gets a sanitised key
         instance.add_dynamic_partitions(log_files.name, keys)
         tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[1]}
         result = dg.materialize(prompt_assets, instance=instance, resources=tiny_demo, tags=tags)
@@ -156,4 +144,4 @@ def test_all_five_assets_materialize_with_the_real_model(tiny_demo, tmp_path):
         assert version.tags["promotion_gate"] == ("passed" if gate.passed else "failed")
         assert (tiny_demo["mlflow"].champion_run_id() == run.info.run_id) == gate.passed
         assert not engine_processes()
-    shutil.rmtree(tmp_path / "home" / "mlruns", ignore_errors=True)
+    shutil.rmtree(tmp_path / "home" / "mlflow", ignore_errors=True)

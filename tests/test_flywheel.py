@@ -3,9 +3,10 @@
 import dagster as dg
 import pytest
 
-from tao_dagster.defs.flywheel import flywheel_round, prompt_assets
-from tao_dagster.defs.policy import champion_policy
+from tao_dagster.defs.flywheel.jobs import prompt_assets
+from tao_dagster.defs.flywheel.schedules import flywheel_round
 from tao_dagster.defs.resources import MlflowResource
+from tao_dagster.policies import champion_policy
 
 from .conftest import run_round, sensor_tick, tiny_resources, write_banking_log
 

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from tao_dagster.defs.candidates import candidate_id
-from tao_dagster.defs.partitions import partition_key
 from tao_dagster.domain import load_domain
+from tao_dagster.pipeline.candidates import candidate_id
+from tao_dagster.storage import partition_key
 
 DEMO_DOMAIN = Path(__file__).parents[1] / "assets" / "banking" / "domain.yaml"
 

@@ -63,7 +63,7 @@ def test_checkpoints_and_reports_are_published_to_s3_once(s3_endpoint, tmp_path)
     s3 = S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1")
     client = s3.get_client()
     client.create_bucket(Bucket="tao-artifacts")
-    store = ArtifactStoreResource(location="s3://tao-artifacts/support/", s3=s3)
+    store = ArtifactStoreResource(location="s3://tao-artifacts/support/", s3=s3).get()
     folder = checkpoint_folder(tmp_path / "ckpt-abc")
 
     def stored() -> dict[str, tuple]:
@@ -84,4 +84,4 @@ def test_checkpoints_and_reports_are_published_to_s3_once(s3_endpoint, tmp_path)
     again = stored()
     assert again[config] != first[config] and again[weights] == first[weights], "only the changed file is uploaded"
 
-    assert ArtifactStoreResource(s3=s3).publish(folder, "checkpoints") is None, "the laptop publishes nothing"
+    assert ArtifactStoreResource(s3=s3).get().publish(folder, "checkpoints") is None, "the laptop publishes nothing"

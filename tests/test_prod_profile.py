@@ -17,12 +17,13 @@ from dagster_k8s.job import construct_dagster_k8s_job, get_user_defined_k8s_conf
 from dagster_k8s.models import k8s_model_from_dict, k8s_snake_case_dict
 from kubernetes.client import V1ConfigMap, V1PersistentVolumeClaim, V1Volume, V1VolumeMount
 
+from tao_dagster import definitions
 from tao_dagster.cli import use_project_instance
-from tao_dagster.definitions import defs
-from tao_dagster.defs.deploy import INSTANCE_YAML, PROJECT_ROOT, executor, gpu_step
+from tao_dagster.defs.deploy import INSTANCE_YAML, executor, gpu_step
 from tao_dagster.defs.partitions import log_files
-from tao_dagster.defs.prompts import raw_prompts
+from tao_dagster.defs.prompts.assets import raw_prompts
 from tao_dagster.defs.resources import DomainResource, LogSourceResource, WarehouseResource, default_resources
+from tao_dagster.paths import PROJECT_ROOT
 
 from .conftest import BANKING
 
@@ -120,6 +121,7 @@ def test_run_launcher_and_step_pods_put_models_on_gpu_nodes(tmp_path, monkeypatc
     launcher = K8sRunLauncher(**{**processed.value, "load_incluster_config": False, "kubeconfig_file": fake_kubeconfig(tmp_path / "kc")})
     assert launcher.job_namespace == "tao"
 
+    defs = definitions.defs()
     graph = defs.resolve_asset_graph()
     steps = {key.to_user_string(): graph.get(key).assets_def.op.tags for key in graph.get_all_asset_keys()}
     steps |= {key.name: check.node_def.tags for check in defs.asset_checks for key in check.check_keys}

@@ -7,7 +7,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from tao_dagster.defs.partitions import log_files, prompt_partition_asset
-from tao_dagster.defs.prompts import raw_prompts, reconcile_counts
+from tao_dagster.defs.prompts.assets import raw_prompts, reconcile_counts
 from tao_dagster.defs.resources import DomainResource, LogSourceResource, WarehouseResource
 from tao_dagster.warehouse import Warehouse
 

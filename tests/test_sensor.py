@@ -10,9 +10,11 @@ import dagster as dg
 import pytest
 from dagster_aws.s3 import S3Resource
 
-from tao_dagster.defs.partitions import log_files, partition_key
-from tao_dagster.defs.prompts import raw_prompts
-from tao_dagster.defs.resources import PROJECT_ROOT, DomainResource, LogSourceResource, WarehouseResource
+from tao_dagster.defs.partitions import log_files
+from tao_dagster.defs.prompts.assets import raw_prompts
+from tao_dagster.defs.resources import DomainResource, LogSourceResource, WarehouseResource
+from tao_dagster.paths import PROJECT_ROOT
+from tao_dagster.storage import partition_key
 
 from .conftest import sensor_tick
 
@@ -102,4 +104,4 @@ def test_sensor_on_an_s3_prefix(s3_endpoint, tmp_path, monkeypatch):
 def test_a_missing_bucket_names_the_location(s3_endpoint):
     logs = LogSourceResource(location="s3://no-such-bucket/logs", s3=S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1"))
     with pytest.raises(RuntimeError, match="log location s3://no-such-bucket/logs could not be listed"):
-        logs.list_files()
+        logs.get().list_files()

@@ -9,7 +9,7 @@ import pytest
 from dagster_aws.s3 import S3Resource
 
 from tao_dagster.cli import use_project_instance
-from tao_dagster.defs.flywheel import prompt_assets
+from tao_dagster.defs.flywheel.jobs import prompt_assets
 from tao_dagster.defs.partitions import log_files
 from tao_dagster.defs.resources import ArtifactStoreResource
 from tao_dagster.devserver import dagster_dev

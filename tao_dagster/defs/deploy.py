@@ -6,29 +6,13 @@ which runs each step in its own pod sized by the step's `dagster-k8s/config` tag
 evaluation on GPU nodes, the rest on CPU nodes. Other executors ignore those tags, so they cost nothing locally.
 """
 
-import os
-
 import dagster as dg
 
 from tao_dagster.paths import PROJECT_ROOT
+from tao_dagster.settings import gpus, profile
 
 INSTANCE_YAML = {"laptop": PROJECT_ROOT / "dagster.yaml", "prod": PROJECT_ROOT / "deploy" / "dagster.prod.yaml"}
 K8S_CONFIG_TAG = "dagster-k8s/config"
-
-
-def profile() -> str:
-    name = os.environ.get("TAO_PROFILE", "laptop")
-    if name not in INSTANCE_YAML:
-        raise ValueError(f"TAO_PROFILE: {name!r} is not a profile; use one of {sorted(INSTANCE_YAML)}")
-    return name
-
-
-def gpus() -> int:
-    """GPUs of a GPU step's pod (TAO_GPUS): vLLM's tensor-parallel size and the training processes."""
-    value = os.environ.get("TAO_GPUS", "1")
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"TAO_GPUS: {value!r} is not a number of GPUs (1 or more)")
-    return int(value)
 
 
 def cpu_step() -> dict:

@@ -1,0 +1,107 @@
+"""Candidate responses: several per training prompt, from the domain's exploration strategies and sampling."""
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import polars as pl
+
+from tao_dagster.domain import DomainSettings, Strategy
+from tao_dagster.evaluation import Markdown, markdown_table
+from tao_dagster.generation import Generation, Request, open_engine
+from tao_dagster.policies import Policy, PolicySettings
+from tao_dagster.warehouse import Warehouse
+
+logger = logging.getLogger(__name__)
+
+
+def candidate_id(prompt_id: str, policy_version: str, strategy: str, sampling: str, index: int) -> str:
+    return hashlib.sha256(f"{prompt_id}|{policy_version}|{strategy}|{sampling}|{index}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A candidate to generate, and where it goes."""
+
+    candidate_id: str
+    prompt_id: str
+    partition: str
+    strategy: Strategy
+    index: int
+    request: Request
+
+
+def plan_candidates(db: Warehouse, domain: DomainSettings, policy_version: str, partitions: list[str]) -> tuple[int, list[Planned]]:
+    """(training prompts in the partitions, the candidates of theirs this policy has not generated yet)."""
+    spec = domain.load()
+    prompts = db.training_prompts(partitions)
+    existing = db.candidate_ids(policy_version)
+    todo = []
+    for pid, messages, partition in prompts.iter_rows():
+        conversation = json.loads(messages)
+        for strategy in spec.strategies:
+            sampling = strategy.settings_key()
+            for index in range(strategy.samples):
+                cid = candidate_id(pid, policy_version, strategy.name, sampling, index)
+                if cid not in existing:
+                    todo.append(Planned(cid, pid, partition, strategy, index, spec.strategy_request(conversation, strategy)))
+    return prompts.height, todo
+
+
+def candidate_frame(planned: list[Planned], outputs: list[Generation], version: str, engine: str) -> pl.DataFrame:
+    """Warehouse rows of generated candidates."""
+    return pl.DataFrame(
+        [
+            {
+                "candidate_id": p.candidate_id,
+                "prompt_id": p.prompt_id,
+                "partition": p.partition,
+                "policy_version": version,
+                "strategy": p.strategy.name,
+                "sampling": p.strategy.settings_key(),
+                "sample_index": p.index,
+                "response": out.text,
+                "prompt_tokens": out.prompt_tokens,
+                "completion_tokens": out.completion_tokens,
+                "finish_reason": out.finish_reason,
+                "engine": engine,
+            }
+            for p, out in zip(planned, outputs)
+        ]
+    )
+
+
+def generate_candidates(
+    db: Warehouse, domain: DomainSettings, settings: PolicySettings, policy: Policy, partitions: list[str], log=logger
+) -> dict:
+    """Generate and store the missing candidates of these partitions, chunk by chunk: one transaction per chunk,
+    so a crash keeps every chunk stored before it and the rerun generates only what is still missing."""
+    n_prompts, todo = plan_candidates(db, domain, policy.version, partitions)
+    log.info(f"{n_prompts} prompts, {len(todo)} candidates to generate with {policy.version}")
+    generated, new_tokens, seconds = 0, 0, 0.0
+    if todo:
+        with open_engine(policy.path, settings.engine_settings()) as engine:
+            for start in range(0, len(todo), settings.generation_chunk):
+                chunk = todo[start : start + settings.generation_chunk]
+                began = time.perf_counter()
+                outputs = engine.generate([p.request for p in chunk])
+                seconds += time.perf_counter() - began
+                frame = candidate_frame(chunk, outputs, policy.version, engine.name)
+                db.upsert("candidates", frame)
+                generated += frame.height
+                new_tokens += int(frame["completion_tokens"].sum())
+                log.info(f"{generated} of {len(todo)} candidates generated and stored")
+    stats = db.candidate_stats(policy.version, partitions)
+    per_prompt = sum(s.samples for s in domain.load().strategies)
+    return {
+        "policy_version": policy.version,
+        "prompts": n_prompts,
+        "candidates_generated": generated,
+        "candidates_reused": n_prompts * per_prompt - generated,
+        "generation_seconds": round(seconds, 1),
+        "tokens_per_second": round(new_tokens / seconds, 1) if seconds else 0.0,
+        "completion_tokens": int(stats["candidates"].dot(stats["mean_tokens"])) if stats.height else 0,
+        "per_strategy": Markdown(markdown_table(stats.to_dicts())),
+    }

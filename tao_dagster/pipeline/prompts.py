@@ -1,0 +1,47 @@
+"""Ingest one production log file as a partition: deduplicated prompts, a held-out slice and a quarantine."""
+
+import json
+import logging
+from pathlib import Path
+
+from tao_dagster.domain import DomainSettings
+from tao_dagster.ingest import is_heldout, normalise_text, parse_log_file, prompt_id
+from tao_dagster.warehouse import Warehouse
+
+logger = logging.getLogger(__name__)
+
+
+def ingest_partition(db: Warehouse, key: str, path: Path, domain: DomainSettings, log=logger) -> dict:
+    """Parse the file and replace partition `key` with its rows; every bad row is quarantined with its reason.
+    Returns the partition's counts: rows_read = accepted + duplicates + quarantined when nothing was lost."""
+    parsed = parse_log_file(path, domain.text_column, domain.max_prompt_chars, domain.long_prompts)
+    for bad in parsed.bad:
+        log.warning(f"{parsed.path}:{bad.line}: quarantined: {bad.reason}")
+    sources = []
+    for row in parsed.rows:
+        pid = prompt_id(row.messages)
+        sources.append(
+            {
+                "line": row.line,
+                "source_file": str(parsed.path),
+                "prompt_id": pid,
+                "messages": json.dumps(row.messages, ensure_ascii=False),
+                "text": normalise_text(row.messages[-1]["content"]),
+                "heldout": is_heldout(pid, domain.heldout_fraction),
+            }
+        )
+    quarantine = [{"source_file": str(parsed.path), "line": b.line, "reason": b.reason, "raw": b.raw} for b in parsed.bad]
+    stored = db.store_partition(key, sources, quarantine)
+    return {
+        "partition": key,
+        "rows_read": parsed.rows_read,
+        **{k: stored[k] for k in ("accepted", "duplicates", "quarantined")},
+        "truncated": sum(row.truncated for row in parsed.rows),
+        "heldout": stored["heldout"],
+    }
+
+
+def reconciles(counts: dict) -> bool:
+    """Every row read is in the warehouse once. The right-hand counts are read back from the warehouse, so a
+    row lost or overwritten on the way breaks the equality."""
+    return counts["rows_read"] == counts["accepted"] + counts["duplicates"] + counts["quarantined"]

@@ -1,0 +1,83 @@
+"""The eval report: base and tuned models answer the held-out prompts; did label-free tuning help?"""
+
+import json
+
+import polars as pl
+
+from tao_dagster.diagnostics import Alarm, alarm_rows, answer_alarms
+from tao_dagster.domain import Domain, DomainSettings
+from tao_dagster.evaluation import answer_distribution, compare, load_labels, outside_check, plot_report, write_report
+from tao_dagster.paths import tao_home
+from tao_dagster.pipeline.heldout import answer_rewards, heldout_answers, heldout_prompts, pointwise_scorers
+from tao_dagster.pipeline.scores import candidate_rewards
+from tao_dagster.policies import Policy, PolicySettings, base_policy
+from tao_dagster.rewards import extract_field
+from tao_dagster.storage import ArtifactStore
+from tao_dagster.tracking import Tracking
+from tao_dagster.warehouse import Warehouse
+
+
+def labelled_check(spec: Domain, texts: list[str], answers: dict[str, list]) -> dict | None:
+    """Accuracy against the domain's held-out labels, if it has any: read here, by evaluation alone."""
+    ev = spec.evaluation
+    if not (answers and ev.get("labels")):
+        return None
+    label_map = json.loads(spec.resolve(ev["label_map"]).read_text()) if ev.get("label_map") else None
+    labels = load_labels(spec.resolve(ev["labels"]), ev.get("text_column", "text"), ev.get("label_column", "label"), label_map)
+    return outside_check(texts, answers, labels)
+
+
+def strategy_table(db: Warehouse, spec: Domain, parent: str) -> list[dict]:
+    """How the parent's candidates scored per exploration strategy: which strategies the round learnt from."""
+    return (
+        candidate_rewards(db, spec.build_scorers())
+        .filter(pl.col("policy_version") == parent)
+        .group_by("strategy", "sampling")
+        .agg(
+            pl.len().alias("candidates"),
+            pl.col("reward").mean().alias("mean_reward"),
+            pl.col("completion_tokens").mean().alias("mean_tokens"),
+        )
+        .sort("mean_reward", descending=True)
+        .to_dicts()
+    )
+
+
+def evaluate(
+    db: Warehouse, domain: DomainSettings, settings: PolicySettings, tracking: Tracking, artifacts: ArtifactStore, tuned: Policy
+) -> tuple[dict, list[Alarm], dict]:
+    """Answer the held-out prompts with the base and the tuned model, compare, write report.json/.md and a plot,
+    and log them to the checkpoint's MLflow run. Returns (the report, its alarms, the files written)."""
+    spec = domain.load()
+    checkpoint = db.checkpoint(tuned.checkpoint_id)
+    prompts = heldout_prompts(db, domain)
+    base = heldout_answers(db, spec, settings, base_policy(settings), prompts)
+    answered = heldout_answers(db, spec, settings, tuned, prompts)
+    scorers = pointwise_scorers(spec.build_scorers())
+    rewards = {"base": answer_rewards(base, scorers), "tuned": answer_rewards(answered, scorers)}
+    report = {"checkpoint_id": tuned.checkpoint_id, "parent": checkpoint["parent"], **compare(rewards["base"], rewards["tuned"])}
+    report["base_mean_tokens"] = float(base["completion_tokens"].mean())
+    report["tuned_mean_tokens"] = float(answered["completion_tokens"].mean())
+    report["eval_scorers"] = [s.name for s in scorers]
+    field = spec.evaluation.get("answer_field")
+    answers = {m: [extract_field(r, field) for r in f["response"]] for m, f in (("base", base), ("tuned", answered))} if field else {}
+    report["answer_distribution"] = {m: answer_distribution(a) for m, a in answers.items()}
+    alarms = answer_alarms(base, answered, report["diff"], field, spec.diagnostics)
+    report["alarms"] = alarm_rows(alarms)
+    check = labelled_check(spec, base["text"].to_list(), answers)
+    if check is not None:
+        report["outside_check"] = check
+    report["candidates_per_strategy"] = strategy_table(db, spec, checkpoint["parent"])
+    out_dir = tao_home() / "reports" / tuned.checkpoint_id
+    json_path, md_path, markdown = write_report(report, report["candidates_per_strategy"], out_dir)
+    plot = plot_report(rewards["base"], rewards["tuned"], report["answer_distribution"], out_dir / "report.png")
+    with tracking.start_run(run_id=checkpoint["mlflow_run_id"]):
+        import mlflow
+
+        mlflow.log_metrics({f"eval_{k}": v for k, v in report.items() if isinstance(v, int | float)})
+        mlflow.log_metrics({f"eval_outside_{k}": v for k, v in report.get("outside_check", {}).items() if isinstance(v, int | float)})
+        for path in (json_path, md_path, plot):
+            mlflow.log_artifact(str(path), artifact_path="eval")
+    files = {"report_json": json_path, "report_md": md_path, "plot": plot, "markdown": markdown}
+    published = artifacts.publish(out_dir, "reports")
+    return report, alarms, {**files, **({"published": published} if published else {})}

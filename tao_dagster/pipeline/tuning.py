@@ -1,0 +1,141 @@
+"""The tuned checkpoint: DPO with LoRA on each prompt's best-versus-worst candidates from the current policy,
+merged, tracked and registered in MLflow. The same parent, settings and pairs give the same checkpoint."""
+
+import json
+import logging
+import shutil
+
+import polars as pl
+
+from tao_dagster.domain import Domain, DomainSettings
+from tao_dagster.errors import StageError
+from tao_dagster.hardware import compute_precision
+from tao_dagster.paths import tao_home
+from tao_dagster.pipeline.scores import candidate_rewards
+from tao_dagster.policies import Policy, PolicySettings, checkpoint_policy, current_policy
+from tao_dagster.storage import ArtifactStore
+from tao_dagster.tracking import Tracking
+from tao_dagster.training import TrainSettings, build_pairs, checkpoint_id, train_dpo
+from tao_dagster.warehouse import Warehouse
+
+logger = logging.getLogger(__name__)
+ALGORITHM = "dpo-lora"
+
+
+def training_pairs(db: Warehouse, spec: Domain, parent: Policy, settings: TrainSettings) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """(the parent's scored candidates, their pairs, candidates of other policies left out). On-policy data only:
+    candidates of an older policy are stale for a round that starts from this one."""
+    scored = candidate_rewards(db, spec.build_scorers())
+    rewards = scored.filter(pl.col("policy_version") == parent.version)
+    stale = scored.height - rewards.height
+    pairs = build_pairs(rewards, settings)
+    if pairs.height == 0:
+        raise StageError(
+            f"no training pairs among {rewards['prompt_id'].n_unique()} prompts scored under {parent.version} "
+            f"({stale} candidates of other policies are not used): materialize candidate_responses and reward_scores "
+            f"for new partitions, lower min_chosen_reward ({settings.min_chosen_reward}) or min_margin ({settings.min_margin})"
+        )
+    return rewards, pairs, stale
+
+
+def plain_records(spec: Domain, rewards: pl.DataFrame, pairs: pl.DataFrame) -> list[dict]:
+    """TRL conversational records with the plain prompt, as served: never the exploration scaffolding."""
+    messages = {pid: json.loads(m) for pid, m in rewards.select("prompt_id", "messages").unique("prompt_id").iter_rows()}
+    return [
+        {
+            "prompt": spec.messages(messages[pid]),
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+        }
+        for pid, chosen, rejected in pairs.select("prompt_id", "chosen", "rejected").iter_rows()
+    ]
+
+
+def train_and_register(
+    db: Warehouse,
+    spec: Domain,
+    parent: Policy,
+    settings: TrainSettings,
+    policy: PolicySettings,
+    tracking: Tracking,
+    records,
+    pairs,
+    ids,
+    log,
+) -> dict:
+    """Train the checkpoint, log and register it in MLflow and record it in the warehouse; its checkpoints row."""
+    ckpt, data_hash = ids
+    out_dir, work_dir = tao_home() / "checkpoints" / ckpt, tao_home() / "work" / ckpt  # work: Trainer checkpoints, until recorded
+    precision = compute_precision()
+    log.info(f"training {ckpt} on {len(records)} pairs from {parent.path} in {precision.dtype} ({precision.reason})")
+    with tracking.start_run(run_name=f"dpo-{ckpt}") as run:
+        import mlflow
+
+        params = {"parent": parent.version, "algorithm": ALGORITHM, "data_hash": data_hash, "pairs": pairs.height, "domain": spec.name}
+        mlflow.log_params({**settings.model_dump(), **params, **precision.metadata()})
+        metrics = train_dpo(parent.path, records, settings, out_dir, work_dir, policy.train_processes, precision)
+        for step, loss in enumerate(metrics["loss_curve"], start=1):
+            mlflow.log_metric("train_loss", loss, step=step)
+        mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})  # not the curve or the precision
+        mlflow.log_dict(pairs.head(50).to_dicts(), "pairs_sample.json")
+        mlflow.log_artifacts(str(out_dir), artifact_path="model")
+        run_id, model_version = run.info.run_id, tracking.register(run)
+    row = {
+        "checkpoint_id": ckpt,
+        "parent": parent.version,
+        "algorithm": ALGORITHM,
+        "config": settings.model_dump_json(),
+        "data_hash": data_hash,
+        "path": str(out_dir),
+        "mlflow_run_id": run_id,
+        "model_version": str(model_version),
+        "metrics": json.dumps(metrics),
+    }
+    db.upsert("checkpoints", pl.DataFrame([row]))
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return row
+
+
+def tune(
+    db: Warehouse,
+    domain: DomainSettings,
+    policy: PolicySettings,
+    tracking: Tracking,
+    artifacts: ArtifactStore,
+    settings: TrainSettings,
+    log=logger,
+) -> tuple[Policy, dict]:
+    """Train the current policy on its own scored candidates, or reuse the checkpoint already trained on exactly
+    these pairs; a killed run of it resumes from its last Trainer checkpoint. Returns (the checkpoint, a summary)."""
+    spec = domain.load()
+    parent = current_policy(db, policy, tracking)
+    rewards, pairs, stale = training_pairs(db, spec, parent, settings)
+    log.info(f"parent {parent.version}: {rewards.height} scored candidates, {stale} from other policies left out")
+    ids = checkpoint_id(parent.version, settings, pairs)
+    row = db.checkpoint(ids[0])
+    if row and (tao_home() / "checkpoints" / ids[0] / "config.json").is_file():
+        log.info(f"checkpoint {ids[0]} already trained on exactly these pairs: reusing it")
+    else:
+        row = train_and_register(db, spec, parent, settings, policy, tracking, plain_records(spec, rewards, pairs), pairs, ids, log)
+    metrics = json.loads(row["metrics"])
+    published = artifacts.publish(tao_home() / "checkpoints" / ids[0], "checkpoints")
+    summary = {
+        "checkpoint_id": ids[0],
+        "parent": parent.version,
+        "path": tao_home() / "checkpoints" / ids[0],
+        **({"published": published} if published else {}),
+        "pairs": pairs.height,
+        "stale_candidates_left_out": stale,
+        "mean_chosen_reward": float(pairs["chosen_reward"].mean()),
+        "mean_rejected_reward": float(pairs["rejected_reward"].mean()),
+        "train_loss": metrics["train_loss"],
+        "final_reward_accuracy": metrics["final_reward_accuracy"],
+        "steps": metrics["steps"],
+        "resumed_from_step": metrics.get("resumed_from_step", 0),
+        "train_seconds": round(metrics["train_seconds"], 1),
+        "train_tokens_per_second": round(metrics.get("tokens_per_second", 0.0), 1),  # absent from older rounds' metrics
+        "precision": metrics.get("precision", "bfloat16"),  # trained in; rounds before the choice was made were bf16
+        "mlflow_run_id": row["mlflow_run_id"],
+        "registered_model_version": f"{tracking.registered_model} v{row['model_version']}",
+    }
+    return checkpoint_policy(db, ids[0], tracking), summary

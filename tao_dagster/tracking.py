@@ -1,0 +1,65 @@
+"""MLflow: the runs that record each round, and the registered model whose `champion` alias is the policy served."""
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+class Tracking(BaseModel):
+    """A local SQLite store under the project home by default, or a server's URI."""
+
+    tracking_uri: str = Field(description="MLflow tracking URI (MLFLOW_TRACKING_URI).")
+    artifact_location: str = Field("", description="Where a new experiment keeps artifacts; '' lets the server decide.")
+    experiment: str = "tao-dagster"
+    registered_model: str = "tao-banking"
+    champion_alias: str = Field("champion", description="The registered model version the flywheel serves and builds on.")
+
+    def client(self):
+        import mlflow
+
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        return mlflow.MlflowClient()
+
+    def champion_run_id(self) -> str | None:
+        """The MLflow run of the model version under the champion alias, or None while the base model serves.
+        Moving the alias in MLflow (a rollback, say) is all it takes to change the champion."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client().get_model_version_by_alias(self.registered_model, self.champion_alias).run_id
+        except MlflowException:  # no registered model yet, or no version under the alias
+            return None
+
+    def register(self, run) -> str:
+        """Register the run's `model` artifact as a new version of the registered model; returns the version."""
+        client = self.client()
+        if not client.search_registered_models(filter_string=f"name = '{self.registered_model}'"):
+            client.create_registered_model(self.registered_model)
+        return client.create_model_version(self.registered_model, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id).version
+
+    def promote(self, model_version: str) -> None:
+        self.client().set_registered_model_alias(self.registered_model, self.champion_alias, model_version)
+
+    def tag_version(self, model_version: str, tags: dict[str, str]) -> None:
+        client = self.client()
+        for key, value in tags.items():
+            client.set_model_version_tag(self.registered_model, model_version, key, value)
+
+    def download_model(self, run_id: str, destination: Path) -> Path:
+        """A run's `model` artifact, copied to `destination`."""
+        import mlflow
+
+        self.client()  # points the mlflow module at this store
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=str(destination)))
+
+    def start_run(self, run_name: str | None = None, run_id: str | None = None):
+        """Start a run, or resume `run_id` to add to it."""
+        import mlflow
+
+        self.client()
+        if mlflow.get_experiment_by_name(self.experiment) is None:
+            mlflow.create_experiment(self.experiment, artifact_location=self.artifact_location or None)
+        mlflow.set_experiment(self.experiment)
+        return mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
