@@ -14,6 +14,7 @@ import polars as pl
 
 from tao_dagster.ingest import normalise_text
 from tao_dagster.rewards import Scored, Scorer, combine, extract_field, score_frame
+from tao_dagster.training.pairs import best_candidates
 
 # Default thresholds; a domain overrides them under `diagnostics:` in its YAML.
 THRESHOLDS = {
@@ -81,11 +82,6 @@ def repeats_itself(text: str) -> bool:
     return most >= 3 or len(set(words)) / len(words) < 0.3
 
 
-def best_per_prompt(rewards: pl.DataFrame) -> pl.DataFrame:
-    """Each prompt's highest-reward candidate: what a round would teach the model."""
-    return rewards.sort(["reward", "candidate_id"], descending=[True, False]).group_by("prompt_id", maintain_order=True).first()
-
-
 def _answer_alarms(texts: list[str], field: str | None, limits: dict, what: str) -> list[Alarm]:
     alarms = []
     if field:
@@ -104,7 +100,7 @@ def _answer_alarms(texts: list[str], field: str | None, limits: dict, what: str)
 def candidate_alarms(rewards: pl.DataFrame, field: str | None, thresholds: dict | None = None) -> list[Alarm]:
     """Alarms on scored candidates (`rewards`: prompt_id, candidate_id, response, reward, completion_tokens)."""
     limits = {**THRESHOLDS, **(thresholds or {})}
-    best = best_per_prompt(rewards)
+    best = best_candidates(rewards)  # training's chosen answers, ties broken the same way
     texts = best["response"].to_list()
     normalised = [normalise_text(t).lower() for t in texts]
     shared = sum(normalised.count(t) > 1 for t in normalised) / max(len(texts), 1)

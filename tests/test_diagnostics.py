@@ -8,6 +8,7 @@ import polars as pl
 
 from tao_dagster.diagnostics import answer_alarms, calibrate, candidate_alarms, per_scorer, repeats_itself, scorer_agreement, spearman
 from tao_dagster.rewards import Scored, Scorer, combine, score_frame
+from tao_dagster.training import TrainSettings, build_pairs
 
 TOPICS = ["card", "cash", "transfer", "payment"]
 
@@ -109,3 +110,20 @@ def test_calibration_against_a_gold_set_finds_the_scorer_that_agrees():
     assert result["gold_items"] == 160 and result["current_weights"] == {"length": 2.0, "topic": 1.0}
     assert result["fitted_weights"]["topic"] > 2.5 and result["fitted_weights"]["length"] < 0.5
     assert result["spearman_fitted_weights"] > 0.9 > result["spearman_current_weights"]
+
+
+def test_the_alarms_inspect_the_candidate_training_chooses_on_a_tie():
+    """Two best candidates per prompt tie on reward: training chooses the shorter one, which here repeats itself,
+    so the repetition alarm must look at that one, not at the longer one a candidate_id order would pick."""
+    rows = []
+    for p in range(10):
+        longer = f"Case {p}: your replacement card was posted today and should reach your address within five working days."
+        rows += [
+            {"prompt_id": f"p{p}", "candidate_id": f"p{p}a", "reward": 1.0, "response": longer},
+            {"prompt_id": f"p{p}", "candidate_id": f"p{p}b", "reward": 1.0, "response": f"case {p} " + "go go go " * 4},
+            {"prompt_id": f"p{p}", "candidate_id": f"p{p}c", "reward": 0.0, "response": "no"},
+        ]
+    rewards = pl.DataFrame(rows).with_columns(completion_tokens=pl.lit(10))
+    chosen = build_pairs(rewards, TrainSettings())["chosen_id"].to_list()
+    assert chosen == [f"p{p}b" for p in range(10)]
+    assert [a.name for a in candidate_alarms(rewards, None)] == ["repetition"]

@@ -1,7 +1,7 @@
 import polars as pl
 import pytest
 
-from tao_dagster.training import TrainSettings, build_pairs, checkpoint_id, train_dpo
+from tao_dagster.training import TrainSettings, build_pairs, checkpoint_id, dpo_records, share_prompts, train_dpo
 
 
 def candidates(rows):
@@ -40,6 +40,17 @@ def test_checkpoint_id_depends_on_parent_settings_and_data():
     assert base[0] != checkpoint_id("base:other", TrainSettings(), pairs)[0]
     assert base[0] != checkpoint_id("base:m", TrainSettings(beta=0.2), pairs)[0]
     assert base[1] != checkpoint_id("base:m", TrainSettings(), pairs.head(1))[1]
+
+
+def test_dpo_records_pair_the_plain_prompt_with_both_answers():
+    frame = candidates([("p1", "a", "good", 0.9), ("p1", "b", "bad", 0.1), ("p2", "c", "fine", 0.8), ("p2", "d", "poor", 0.0)])
+    plain = {"p1": [{"role": "user", "content": "one"}], "p2": [{"role": "user", "content": "two"}]}
+    records = dpo_records(build_pairs(frame, TrainSettings()), plain)
+    assistant = [[{"role": "assistant", "content": text}] for text in ("good", "bad", "fine", "poor")]
+    assert records == [
+        {"prompt": plain["p1"], "chosen": assistant[0], "rejected": assistant[1]},
+        {"prompt": plain["p2"], "chosen": assistant[2], "rejected": assistant[3]},
+    ]
 
 
 def card_pairs(n: int) -> list[dict]:
@@ -117,8 +128,6 @@ def test_shared_prompts_give_trl_log_probs_and_gradients(tiny_model_dir, example
     from trl.trainer.dpo_trainer import DataCollatorForPreference
     from trl.trainer.utils import add_fused_lm_head
 
-    from tao_dagster.training import share_prompts
-
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))  # as DPOTrainer adds it
     batch = DataCollatorForPreference(pad_token_id=0)(examples)
@@ -142,3 +151,25 @@ def test_shared_prompts_give_trl_log_probs_and_gradients(tiny_model_dir, example
     model.train()
     checkpointed_out, _ = log_probs_and_gradient()
     torch.testing.assert_close(checkpointed_out.log_probs, trl_out.log_probs, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("break_trl", ["a newer version", "a renamed internal"])
+def test_an_untested_trl_leaves_the_forward_to_trl_with_one_warning(monkeypatch, caplog, break_trl):
+    """share_prompts patches TRL internals: on another TRL version, or one without an internal it uses, it warns
+    once, naming the version, and the model keeps TRL's forward; the round goes on."""
+    import types
+
+    import trl
+    import trl.trainer.utils
+
+    if break_trl == "a newer version":
+        monkeypatch.setattr(trl, "__version__", "1.17.0")
+    else:
+        monkeypatch.delattr(trl.trainer.utils, "FusedCausalLMOutput")
+    trl_forward = object()
+    model = types.SimpleNamespace(forward=trl_forward)
+    share_prompts(model)
+    share_prompts(model)
+    assert model.forward is trl_forward and model.shares_prompts is False
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and f"TRL {trl.__version__} is " in warnings[0] and "TRL's own forward" in warnings[0]

@@ -1,0 +1,28 @@
+"""Bake the best candidates into the weights: best-versus-worst pairs per prompt and TRL DPO with LoRA.
+
+pairs: what a round teaches; settings: the DPO settings; dpo: how it trains (in process or data-parallel);
+fast_forward: the forwards that make it cheaper; trainer: the training process itself, which alone imports
+torch and TRL at the top, so importing this package stays light.
+"""
+
+from tao_dagster.training.dpo import last_saved_checkpoint, launch_data_parallel, train_dpo
+from tao_dagster.training.fast_forward import LOGIT_TRANSFORMS, VOCAB_CHUNK, add_lora_in_fp32, share_prompts, untested_trl
+from tao_dagster.training.pairs import NOT_IN_CHECKPOINT_ID, best_candidates, build_pairs, checkpoint_id, dpo_records
+from tao_dagster.training.settings import TrainSettings
+
+__all__ = [
+    "LOGIT_TRANSFORMS",
+    "NOT_IN_CHECKPOINT_ID",
+    "VOCAB_CHUNK",
+    "TrainSettings",
+    "add_lora_in_fp32",
+    "best_candidates",
+    "build_pairs",
+    "checkpoint_id",
+    "dpo_records",
+    "last_saved_checkpoint",
+    "launch_data_parallel",
+    "share_prompts",
+    "train_dpo",
+    "untested_trl",
+]

@@ -1,0 +1,171 @@
+"""One DPO training process: TRL's DPOTrainer with LoRA, adapted by fast_forward, its merged model saved whole.
+
+Imports torch, TRL, PEFT and transformers at the top, so only the training process loads it (train_dpo does
+in its own process; `python -m tao_dagster.training.trainer <job.json>` is each process of a data-parallel
+launch).
+"""
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset, load_from_disk
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import DPOConfig, DPOTrainer
+
+from tao_dagster.hardware import Precision
+from tao_dagster.training.dpo import last_saved_checkpoint
+from tao_dagster.training.fast_forward import add_lora_in_fp32, share_prompts
+from tao_dagster.training.settings import TrainSettings
+
+log = logging.getLogger(__name__)
+
+
+def gpu_bf16(precision: Precision) -> bool:
+    """Whether the weights themselves are bf16: on a GPU that halves the memory (PEFT keeps the adapters in fp32);
+    a CPU keeps fp32 weights under bf16 autocast."""
+    return precision.bf16 and torch.cuda.is_available()
+
+
+def dpo_config(settings: TrainSettings, precision: Precision, work_dir: Path) -> DPOConfig:
+    """TRL's configuration for the settings; the batch is split across the processes of a data-parallel launch."""
+    return DPOConfig(
+        output_dir=str(work_dir),
+        beta=settings.beta,
+        loss_type=["sigmoid", "sft"] if settings.sft_weight else ["sigmoid"],
+        loss_weights=[1.0, settings.sft_weight] if settings.sft_weight else None,
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size // int(os.environ.get("WORLD_SIZE", "1")),
+        max_length=settings.max_length,
+        precompute_ref_log_probs=settings.precompute_ref_log_probs,
+        bf16=precision.bf16,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        lr_scheduler_type="cosine",
+        warmup_steps=2,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=2,
+        report_to="none",
+        seed=settings.seed,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # LoRA trains every adapter it adds
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def lora_config(settings: TrainSettings) -> LoraConfig:
+    return LoraConfig(
+        r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+
+
+class AdaptedDPOTrainer(DPOTrainer):
+    """DPOTrainer whose model takes fast_forward's forwards before its reference pass too, which DPOTrainer runs from
+    __init__: the reference and the policy log-probs are then computed the same way."""
+
+    def __init__(self, *args, settings: TrainSettings, precision: Precision, **kwargs):
+        self.train_settings, self.precision = settings, precision  # before DPOTrainer.__init__, which needs them
+        super().__init__(*args, **kwargs)
+        self.adapt()
+
+    def adapt(self) -> None:
+        """Apply the forwards the settings ask for to the PEFT model; applying them again changes nothing."""
+        if self.train_settings.share_prompts:
+            share_prompts(self.model.get_base_model())
+        if self.precision.bf16 and not gpu_bf16(self.precision):
+            add_lora_in_fp32(self.model)
+
+    def _precompute_ref_logps(self, *args, **kwargs):
+        self.adapt()
+        return super()._precompute_ref_logps(*args, **kwargs)
+
+
+def save_merged(trainer: DPOTrainer, tokenizer, out_dir: Path, precision: Precision) -> None:
+    """Merge the LoRA weights and save a standalone model in `precision`, replacing `out_dir` only once it is
+    complete, so a kill never leaves a half-written checkpoint where the next round looks."""
+    merged = trainer.model.merge_and_unload().to(precision.torch_dtype())
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    merged.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+
+
+def training_metrics(
+    trainer: DPOTrainer, pairs: int, settings: TrainSettings, precision: Precision, seconds: float, resume: Path | None
+) -> dict:
+    """The run's metrics from the Trainer's log, which holds every step, those before a resume included; `pairs`
+    counts those given, TRL leaving out any whose prompt alone fills max_length."""
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    last = history[-1] if history else {}
+    data = trainer.train_dataset
+    lengths = zip(data["prompt_ids"], data["chosen_ids"], data["rejected_ids"])
+    tokens = settings.epochs * sum(2 * len(prompt) + len(chosen) + len(rejected) for prompt, chosen, rejected in lengths)
+    loss_curve = [float(h["loss"]) for h in history]
+    return {
+        "train_loss": sum(loss_curve) / len(loss_curve) if loss_curve else float("nan"),
+        "final_loss": float(last.get("loss", float("nan"))),
+        "final_reward_accuracy": float(last.get("rewards/accuracies", float("nan"))),
+        "final_reward_margin": float(last.get("rewards/margins", float("nan"))),
+        "steps": int(trainer.state.global_step),
+        "resumed_from_step": int(resume.name.removeprefix("checkpoint-")) if resume else 0,
+        "pairs": pairs,
+        "train_seconds": seconds,  # the reference pass included
+        "train_tokens": int(tokens),  # prompt+chosen and prompt+rejected, times the epochs
+        "tokens_per_second": tokens / seconds,
+        "loss_curve": loss_curve,
+        "precision": precision.dtype,
+    }
+
+
+def train_process(
+    model_path: str, pairs: Dataset, settings: TrainSettings, out_dir: Path, work_dir: Path, precision: Precision
+) -> dict | None:
+    """One training process; in a data-parallel launch only the first process saves and returns the metrics."""
+    torch.manual_seed(settings.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if gpu_bf16(precision) else torch.float32)
+    start = time.perf_counter()  # the reference pass is part of training's cost
+    trainer = AdaptedDPOTrainer(
+        model=model,
+        args=dpo_config(settings, precision, work_dir),
+        train_dataset=pairs,
+        processing_class=tokenizer,
+        peft_config=lora_config(settings),
+        settings=settings,
+        precision=precision,
+    )
+    resume = last_saved_checkpoint(work_dir)
+    if resume:
+        log.info("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.perf_counter() - start
+    if not trainer.accelerator.is_main_process:
+        return None
+    save_merged(trainer, tokenizer, out_dir, precision)
+    return training_metrics(trainer, len(pairs), settings, precision, seconds, resume)
+
+
+def main(job_file: str) -> None:
+    """Entry point of each process of a data-parallel launch: the job and pairs dpo.launch_data_parallel wrote."""
+    work_dir = Path(job_file).parent
+    job = json.loads(Path(job_file).read_text())
+    settings, precision = TrainSettings(**job["settings"]), Precision(**job["precision"])
+    metrics = train_process(job["model_path"], load_from_disk(work_dir / "pairs"), settings, Path(job["out_dir"]), work_dir, precision)
+    if metrics is not None:
+        (work_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
