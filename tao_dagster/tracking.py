@@ -1,5 +1,6 @@
 """MLflow: the runs that record each round, and the registered model whose `champion` alias is the policy served."""
 
+import os
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -19,7 +20,11 @@ class Tracking(BaseModel):
 
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # MLflow also exports the URI as MLFLOW_TRACKING_URI, which the settings read: keep the environment as it was,
+        # so that one store does not become the default of everything configured after it in this process.
+        exported = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.tracking_uri)
+        os.environ.pop("MLFLOW_TRACKING_URI", None) if exported is None else os.environ.update(MLFLOW_TRACKING_URI=exported)
         return mlflow.MlflowClient()
 
     def champion_run_id(self) -> str | None:

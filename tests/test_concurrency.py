@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 from tao_dagster.defs.partitions import log_files
-from tao_dagster.defs.prompts import raw_prompts
+from tao_dagster.defs.prompts.assets import raw_prompts
 from tao_dagster.defs.resources import DomainResource, LogSourceResource, WarehouseResource
 
 domain, logs, warehouse, key, ready, go = sys.argv[1:]

@@ -15,7 +15,7 @@ from tao_dagster.pipeline.scores import candidate_rewards
 from tao_dagster.policies import Policy, PolicySettings, checkpoint_policy, current_policy
 from tao_dagster.storage import ArtifactStore
 from tao_dagster.tracking import Tracking
-from tao_dagster.training import TrainSettings, build_pairs, checkpoint_id, train_dpo
+from tao_dagster.training import TrainSettings, build_pairs, checkpoint_id, dpo_records, train_dpo
 from tao_dagster.warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
@@ -38,17 +38,9 @@ def training_pairs(db: Warehouse, spec: Domain, parent: Policy, settings: TrainS
     return rewards, pairs, stale
 
 
-def plain_records(spec: Domain, rewards: pl.DataFrame, pairs: pl.DataFrame) -> list[dict]:
-    """TRL conversational records with the plain prompt, as served: never the exploration scaffolding."""
-    messages = {pid: json.loads(m) for pid, m in rewards.select("prompt_id", "messages").unique("prompt_id").iter_rows()}
-    return [
-        {
-            "prompt": spec.messages(messages[pid]),
-            "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}],
-        }
-        for pid, chosen, rejected in pairs.select("prompt_id", "chosen", "rejected").iter_rows()
-    ]
+def plain_prompts(spec: Domain, rewards: pl.DataFrame) -> dict[str, list[dict]]:
+    """Each prompt as served: the plain prompt, never the exploration scaffolding its candidates came from."""
+    return {pid: spec.messages(json.loads(m)) for pid, m in rewards.select("prompt_id", "messages").unique("prompt_id").iter_rows()}
 
 
 def train_and_register(
@@ -116,7 +108,9 @@ def tune(
     if row and (tao_home() / "checkpoints" / ids[0] / "config.json").is_file():
         log.info(f"checkpoint {ids[0]} already trained on exactly these pairs: reusing it")
     else:
-        row = train_and_register(db, spec, parent, settings, policy, tracking, plain_records(spec, rewards, pairs), pairs, ids, log)
+        row = train_and_register(
+            db, spec, parent, settings, policy, tracking, dpo_records(pairs, plain_prompts(spec, rewards)), pairs, ids, log
+        )
     metrics = json.loads(row["metrics"])
     published = artifacts.publish(tao_home() / "checkpoints" / ids[0], "checkpoints")
     summary = {
