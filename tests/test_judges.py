@@ -115,7 +115,7 @@ def check_judge_plumbing(s: LlmJudgeScorer, monkeypatch) -> None:
     scores = s.score(items)
     assert len(replies) == 4 and all(isinstance(r, str) and r for r in replies)
     assert scores == [0.5 if parse_rating(r) is None else parse_rating(r) for r in replies]
-    pairwise = build_scorers([{**s.params, "name": "pairwise", "kind": "llm_judge", "mode": "pairwise"}])[0]
+    pairwise = build_scorers([{**s.given, "name": "pairwise", "kind": "llm_judge", "mode": "pairwise"}])[0]
     replies = recording(pairwise, monkeypatch)
     scores = pairwise.score(items)
     assert len(replies) == 6 and sum(scores[:3]) / 3 == pytest.approx(0.5) and scores[3] == 0.5

@@ -1,10 +1,16 @@
 import json
 import sys
+from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
-from tao_dagster.rewards import Scored, build_scorers, combine, extract_json, score_frame
+from tao_dagster.domain import load_domain
+from tao_dagster.rewards import SCORERS, Scored, build_scorers, combine, extract_json, score_frame
+from tao_dagster.rewards.reference import COMMAND, reference
+
+ROOT = Path(__file__).parents[1]
 
 TOPICS = ["card", "cash", "transfer"]
 DESCRIPTIONS = {
@@ -209,3 +215,34 @@ def test_self_consistency_extractors():
 def test_self_consistency_on_a_json_field_keeps_its_version():
     # The version before extractors existed: scores already stored for it stay current.
     assert scorer({"kind": "self_consistency", "field": "topic"}).version == "f8dcc74f"
+
+
+def test_a_misspelt_or_mistyped_parameter_names_the_scorer_its_kind_and_the_parameter():
+    typo = r"scorer 'fit' \(embedding_choice\) needs the parameter\(s\) field; unknown parameter 'feild', did you mean 'field'\?"
+    with pytest.raises(ValueError, match=typo):
+        build_scorers([{"name": "fit", "kind": "embedding_choice", "feild": "topic", "descriptions": DESCRIPTIONS}])
+    with pytest.raises(ValueError, match=r"scorer 'regex' \(regex\): unknown parameter 'colour' \(the parameters of regex: pattern, forb"):
+        scorer({"kind": "regex", "pattern": "a", "colour": "red"})
+    with pytest.raises(ValueError, match=r"scorer 'json_fields' \(json_fields\): unknown setting 'fields.reply.max_word'"):
+        scorer({"kind": "json_fields", "fields": {"reply": {"max_word": 5}}})
+    # Strict types: a quoted "10" in YAML is not a number, nor "yes" a boolean.
+    with pytest.raises(ValueError, match=r"scorer 'length' \(length\): max should be a valid number, not '10'"):
+        scorer({"kind": "length", "max": "10"})
+    with pytest.raises(ValueError, match=r"scorer 'regex' \(regex\): forbid should be a valid boolean, not 'yes'"):
+        scorer({"kind": "regex", "pattern": "a", "forbid": "yes"})
+
+
+def test_a_domain_file_with_a_misspelt_scorer_parameter_fails_to_load(tmp_path):
+    spec = yaml.safe_load((ROOT / "assets" / "banking" / "domain.yaml").read_text())
+    fit = next(s for s in spec["scorers"] if s["name"] == "topic_fit")
+    fit["temprature"] = fit.pop("temperature")
+    (tmp_path / "domain.yaml").write_text(yaml.safe_dump(spec))
+    message = r"domain file .*domain.yaml: scorer 'topic_fit' \(embedding_choice\): unknown parameter 'temprature', did you mean 'temp"
+    with pytest.raises(ValueError, match=message):
+        load_domain(tmp_path / "domain.yaml")
+
+
+def test_the_scorer_reference_is_generated_from_the_parameter_models():
+    undocumented = [f"{kind}.{name}" for kind, cls in SCORERS.items() for name, f in cls.Params.model_fields.items() if not f.description]
+    assert not undocumented, f"parameters without a description: {undocumented}"
+    assert (ROOT / "docs" / "scorers.md").read_text() == reference(), f"docs/scorers.md is stale: regenerate it with `{COMMAND}`"

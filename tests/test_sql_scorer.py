@@ -78,7 +78,7 @@ def test_version_follows_database_content_and_params_not_location(tmp_path, data
     shutil.copy(database, other / "db.sql")
     spec = {"kind": "sql_execution", "database": "db.sql"}
     here, moved = build_scorers([spec], tmp_path)[0], build_scorers([spec], other)[0]
-    assert here.params["database"] == str(database) and here.version == moved.version
+    assert here.params.database == str(database) and here.version == moved.version
     assert build_scorers([{**spec, "max_rows": 10}], tmp_path)[0].version != here.version
     (other / "db.sql").write_text(SCRIPT.replace("range(5)", "range(6)"))
     assert build_scorers([spec], other)[0].version != here.version
