@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from tao_dagster.hardware import compute_precision, scoped_environment, vllm_cpu_environment, vllm_executor_backend
 
@@ -95,13 +95,6 @@ class EngineSettings(BaseModel):
         description="Generations stored per warehouse transaction: a crash loses at most the chunk in flight (about 3 minutes "
         "on a 2-core CPU). Each chunk ends with a part-empty batch, so fewer, bigger chunks are faster; the engine stays loaded.",
     )
-
-    @field_validator("engine")
-    @classmethod
-    def known_engine(cls, engine: str) -> str:
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be auto, vllm or transformers, not {engine!r}")
-        return engine
 
     def engine_settings(self) -> "EngineSettings":
         """These settings alone, without those of a class that embeds them."""
@@ -234,6 +227,8 @@ def vllm_available() -> bool:
 
 @contextlib.contextmanager
 def open_engine(model: str, settings: EngineSettings) -> Iterator[VllmEngine | TransformersEngine]:
+    if settings.engine not in ENGINES:  # checked here, not on the field, which the Dagster layer may bind to TAO_ENGINE
+        raise ValueError(f"engine must be auto, vllm or transformers, not {settings.engine!r}")
     use_vllm = settings.engine == "vllm" or (settings.engine == "auto" and vllm_available())
     engine = VllmEngine(model, settings) if use_vllm else TransformersEngine(model, settings)
     log.info("generation engine: %s in %s (%s) for %s", engine.name, engine.precision.dtype, engine.precision.reason, model)

@@ -165,13 +165,16 @@ def test_prod_settings_configmap_builds_the_resources(monkeypatch):
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("TAO_DOMAIN", str(BANKING / "domain.yaml"))  # the ConfigMap's path lies on the cluster's volume
     monkeypatch.setenv("TAO_GPUS", "2")
-    resources = default_resources()
-    policy = resources["policy"]
-    assert (policy.tensor_parallel_size, policy.train_processes) == (2, 2)
-    assert (policy.gpu_memory_utilization, policy.block_size, policy.engine) == (0.9, 0, "vllm")
-    assert resources["artifacts"].location == "s3://acme-tao/support/"
-    assert resources["mlflow"].tracking_uri.startswith("http://") and resources["mlflow"].artifact_location == ""
-    assert not any("SECRET" in name or "PASSWORD" in name or "KEY" in name for name in settings["data"])
+    bound = default_resources()
+    assert isinstance(bound["artifacts"].location, dg.EnvVar), "a setting from the environment is bound to its variable"
+    with dg.build_resources(bound) as resolved:  # as a run resolves them
+        resources = dict(resolved._asdict())
+        policy = resources["policy"]
+        assert (policy.tensor_parallel_size, policy.train_processes) == (2, 2)
+        assert (policy.gpu_memory_utilization, policy.block_size, policy.engine) == (0.9, 0, "vllm")
+        assert resources["artifacts"].location == "s3://acme-tao/support/"
+        assert resources["mlflow"].tracking_uri.startswith("http://") and resources["mlflow"].artifact_location == ""
+        assert not any("SECRET" in name or "PASSWORD" in name or "KEY" in name for name in settings["data"])
 
     monkeypatch.delenv("TAO_ARTIFACTS")
     with pytest.raises(ValueError, match="TAO_PROFILE=prod: set TAO_ARTIFACTS"):
