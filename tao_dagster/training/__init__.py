@@ -5,9 +5,10 @@ fast_forward: the forwards that make it cheaper; trainer: the training process i
 torch and TRL at the top, so importing this package stays light.
 """
 
-from tao_dagster.training.dpo import last_saved_checkpoint, launch_data_parallel, train_dpo
+from tao_dagster.training.dpo import launch_data_parallel, train_dpo
 from tao_dagster.training.fast_forward import LOGIT_TRANSFORMS, VOCAB_CHUNK, add_lora_in_fp32, share_prompts, untested_trl
 from tao_dagster.training.pairs import NOT_IN_CHECKPOINT_ID, best_candidates, build_pairs, checkpoint_id, dpo_records
+from tao_dagster.training.resume import last_saved_checkpoint
 from tao_dagster.training.settings import TrainSettings
 
 __all__ = [

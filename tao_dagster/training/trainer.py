@@ -20,8 +20,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
 from tao_dagster.hardware import Precision
-from tao_dagster.training.dpo import last_saved_checkpoint
 from tao_dagster.training.fast_forward import add_lora_in_fp32, share_prompts
+from tao_dagster.training.resume import last_saved_checkpoint
 from tao_dagster.training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
