@@ -1,6 +1,6 @@
 # `make demo` and `make test` set everything up on a fresh machine first (idempotently).
 
-.PHONY: setup system demo test dev bench
+.PHONY: setup system demo test test-fast dev bench
 setup:
 	bash scripts/setup.sh
 
@@ -12,6 +12,10 @@ demo: setup
 
 test: setup system
 	.venv/bin/python -m pytest -q
+
+# The inner loop, under two minutes on 2 cores: no real servers, browser, embedded-model runs or slow tests.
+test-fast: setup
+	.venv/bin/python -m pytest -q -m "not e2e and not browser and not servers and not slow"
 
 dev: setup
 	.venv/bin/tao-dagster dev

@@ -4,7 +4,12 @@ import json
 import os
 import platform
 import statistics
+import sys
 from pathlib import Path
+
+# `python bench/<name>.py` puts bench/ on sys.path, not the checkout: put it first, so `tests.support` imports and
+# `tao_dagster` is this checkout's even where the editable install points at another worktree.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tao_dagster.hardware import DISPATCH_SETTINGS, compute_cores, compute_precision
 from tao_dagster.paths import PROJECT_ROOT

@@ -19,8 +19,8 @@ from pathlib import Path
 import dagster as dg
 from common import project_home
 
-from tao_dagster.devserver import dagster_dev, wait_for
 from tao_dagster.paths import PROJECT_ROOT
+from tests.support.devserver import dagster_dev, wait_for
 
 LOGS = PROJECT_ROOT / "assets" / "banking" / "logs"
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}

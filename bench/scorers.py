@@ -24,12 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from tao_dagster.devserver import vllm_server
+from common import PROJECT_ROOT
+
 from tao_dagster.domain import load_domain
 from tao_dagster.hardware import compute_precision
-from tao_dagster.models import resolve_base_model, tiny_llama_config
-from tao_dagster.paths import PROJECT_ROOT
+from tao_dagster.models import resolve_base_model
 from tao_dagster.rewards import Scored, Scorer, build_scorers
+from tests.support.devserver import vllm_server
+from tests.support.models import tiny_llama_config
 
 PROMPTS, PER_PROMPT, REPEATS = 25, 4, 3
 REPLIES = [

@@ -12,10 +12,11 @@ from tao_dagster.defs.flywheel.jobs import round_assets
 from tao_dagster.defs.flywheel.sensors import new_log_files
 from tao_dagster.defs.partitions import log_files
 from tao_dagster.defs.resources import ArtifactStoreResource, LogSourceResource, default_resources
-from tao_dagster.models import resolve_base_model, tiny_llama_config
+from tao_dagster.models import resolve_base_model
 from tao_dagster.paths import PROJECT_ROOT
 
-from .servers import S3_CREDENTIALS, postgres_bin, postgres_server, s3_server
+from .support.models import tiny_llama_config
+from .support.servers import S3_CREDENTIALS, postgres_bin, postgres_server, s3_server
 
 # The same cache the demo uses: the GGUF conversion (about 25 s) happens once per machine.
 MODEL_CACHE = PROJECT_ROOT / ".tao_home" / "cache"

@@ -13,6 +13,7 @@ import pytest
 from .conftest import write_banking_log
 
 
+@pytest.mark.slow
 def test_demo_runs_two_rounds_and_a_rerun_has_nothing_to_do(tmp_path, tiny_model_dir, learnable_domain_file):
     incoming = tmp_path / "incoming"
     incoming.mkdir()

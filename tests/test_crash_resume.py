@@ -23,7 +23,8 @@ from tao_dagster.paths import PROJECT_ROOT
 from tao_dagster.pipeline import candidates
 from tao_dagster.training import last_saved_checkpoint, train_dpo
 from tao_dagster.warehouse import Warehouse
-from tests.crash_worker import PARTITION, TRAIN_SETTINGS, frame, materialize, pipeline_resources, training_pairs
+
+from .support.crash_worker import PARTITION, TRAIN_SETTINGS, frame, materialize, pipeline_resources, training_pairs
 
 # Three candidates per prompt; a tiny random model seldom stops early, so each takes its 32 tokens.
 DOMAIN = """
@@ -55,11 +56,11 @@ def one_torch_thread():
 
 @contextlib.contextmanager
 def worker(tmp_path: Path, *args) -> Iterator[tuple[subprocess.Popen, Path]]:
-    """`python -m tests.crash_worker <args>` in a process group of its own, killed on every exit path."""
+    """`python -m tests.support.crash_worker <args>` in a process group of its own, killed on every exit path."""
     log = tmp_path / f"{args[0]}.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.crash_worker", *map(str, args)],
+            [sys.executable, "-m", "tests.support.crash_worker", *map(str, args)],
             cwd=PROJECT_ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -105,6 +106,7 @@ def pipeline(tmp_path, tiny_model_dir):
     return home, domain, resources
 
 
+@pytest.mark.slow
 def test_killed_generation_resumes_with_only_the_missing_candidates(pipeline, tiny_model_dir, tmp_path):
     home, domain, resources = pipeline
     db = resources["warehouse"].get()
@@ -129,6 +131,7 @@ def test_killed_generation_resumes_with_only_the_missing_candidates(pipeline, ti
     assert after.filter(pl.col("candidate_id").is_in(before["candidate_id"])).equals(before), "stored candidates changed"
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
     work, out = tmp_path / "work", tmp_path / "tuned"
     with worker(tmp_path, "train", tiny_model_dir, out, work) as (proc, log):
@@ -188,6 +191,7 @@ def test_deterministic_failures_are_not_retried(pipeline, monkeypatch):
         assert reason in failure.step_failure_data.error.message
 
 
+@pytest.mark.slow
 def test_a_generation_engine_that_fails_to_start_once_is_retried(pipeline, monkeypatch):
     home, domain, resources = pipeline
     starts = []

@@ -7,9 +7,9 @@ import dagster as dg
 import pytest
 
 from tao_dagster.defs.partitions import log_files
-from tao_dagster.devserver import dagster_dev, graphql, wait_for
 
 from .conftest import write_banking_log
+from .support.devserver import dagster_dev, graphql, wait_for
 
 LAUNCH_BACKFILL = """
 mutation($params: LaunchBackfillParams!) {
@@ -19,6 +19,8 @@ mutation($params: LaunchBackfillParams!) {
     ... on PythonError { message }
   }
 }"""
+
+pytestmark = pytest.mark.servers
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ def gate_of(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
     return gate
 
 
+@pytest.mark.slow
 def test_two_rounds_build_on_the_champion_and_the_gate_refuses_a_worse_checkpoint(tiny_flywheel, tmp_path):
     resources = tiny_flywheel
     logs = resources["logs"]

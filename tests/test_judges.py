@@ -11,9 +11,10 @@ import shutil
 import psutil
 import pytest
 
-from tao_dagster.devserver import vllm_server
-from tao_dagster.models import tiny_llama_config
 from tao_dagster.rewards import LlmJudgeScorer, Scored, build_scorers, parse_choice, parse_rating
+
+from .support.devserver import vllm_server
+from .support.models import tiny_llama_config
 
 KEY = "sk-test-0123456789abcdef"  # the vLLM server's key in these tests, handed to the judge through KEY_ENV
 KEY_ENV = "TAO_TEST_JUDGE_KEY"
@@ -156,6 +157,8 @@ def judge_url(embedded_model_dir, tmp_path_factory):
     assert not survivors, f"vLLM engine processes outlived the server: {survivors}"
 
 
+@pytest.mark.servers
+@pytest.mark.slow
 def test_a_judge_on_a_vllm_server_sends_the_key_from_the_environment(judge_url, monkeypatch, caplog):
     monkeypatch.setenv(KEY_ENV, KEY)
     caplog.set_level(logging.DEBUG)  # the OpenAI client logs its requests at debug level
@@ -165,6 +168,8 @@ def test_a_judge_on_a_vllm_server_sends_the_key_from_the_environment(judge_url, 
     assert KEY not in repr(s) and KEY not in s.version and KEY not in caplog.text  # ...but never the key
 
 
+@pytest.mark.servers
+@pytest.mark.slow
 def test_a_vllm_server_refuses_a_judge_without_the_right_key(judge_url, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "sk-wrong")
     with pytest.raises(RuntimeError, match=r"scorer 'judge' \(llm_judge\): the judge at .* failed: .*401"):

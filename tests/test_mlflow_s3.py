@@ -6,11 +6,14 @@ import time
 from pathlib import Path
 
 import mlflow as mlf
+import pytest
 from dagster_aws.s3 import S3Resource
 
 from tao_dagster.defs.resources import ArtifactStoreResource, MlflowResource
 
-from .servers import mlflow_server
+from .support.servers import mlflow_server
+
+pytestmark = pytest.mark.servers
 
 
 def checkpoint_folder(path):

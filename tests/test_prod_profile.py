@@ -32,6 +32,7 @@ GPU_STEPS = {"candidate_responses", "tuned_checkpoint", "eval_report", "promotio
 CPU_STEPS = {"raw_prompts", "reward_scores"}
 
 
+@pytest.mark.servers
 def test_prod_instance_keeps_a_partitioned_run_in_postgres(postgres, s3_endpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("TAO_PROFILE", "prod")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))

@@ -80,6 +80,7 @@ def test_sensor_on_a_local_folder(tmp_path):
         sensor_lifecycle(instance, logs, put, tmp_path, "2026-11-07 night.jsonl")
 
 
+@pytest.mark.servers
 def test_sensor_on_an_s3_prefix(s3_endpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("TAO_HOME", str(tmp_path / "home"))  # downloaded logs are cached there
     s3 = S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1")
@@ -101,6 +102,7 @@ def test_sensor_on_an_s3_prefix(s3_endpoint, tmp_path, monkeypatch):
         assert requested(sensor_tick(instance, logs, cursor)) == ["day3.jsonl"]
 
 
+@pytest.mark.servers
 def test_a_missing_bucket_names_the_location(s3_endpoint):
     logs = LogSourceResource(location="s3://no-such-bucket/logs", s3=S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1"))
     with pytest.raises(RuntimeError, match="log location s3://no-such-bucket/logs could not be listed"):

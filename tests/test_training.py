@@ -68,6 +68,7 @@ def test_dpo_trains_and_saves_a_merged_model(tiny_model_dir, tmp_path):
     assert_merged_and_changed(out, tiny_model_dir)
 
 
+@pytest.mark.slow
 def test_data_parallel_training_under_accelerate(tiny_model_dir, tmp_path):
     """Two processes under `accelerate launch` (gloo on this CPU; NCCL on GPUs): the batch is split between
     them, so 8 pairs in batches of 4 still take 2 optimiser steps, and one merged model is saved."""

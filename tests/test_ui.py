@@ -12,9 +12,9 @@ from tao_dagster.cli import use_project_instance
 from tao_dagster.defs.flywheel.jobs import prompt_assets
 from tao_dagster.defs.partitions import log_files
 from tao_dagster.defs.resources import ArtifactStoreResource
-from tao_dagster.devserver import dagster_dev
 
 from .conftest import run_round, tiny_resources, write_banking_log
+from .support.devserver import dagster_dev
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium keeps calling home, which this machine's closed network refuses.
@@ -23,7 +23,11 @@ FLAGS += ["--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 ASSETS = ["candidate_responses", "eval_report", "raw_prompts", "reward_scores", "tuned_checkpoint"]
 
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.servers,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
+]
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """What tests/test_crash_resume.py runs in a subprocess and kills with SIGKILL: candidate generation, DPO
-training, and a warehouse write. `python -m tests.crash_worker <what> <args>` from the repository root."""
+training, and a warehouse write. `python -m tests.support.crash_worker <what> <args>` from the repository root."""
 
 import signal
 import sys

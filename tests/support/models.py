@@ -1,0 +1,18 @@
+"""The tiny random model the tests and benchmarks build."""
+
+
+def tiny_llama_config(tokenizer, **overrides):
+    """A two-layer, 64-wide Llama config for the embedded tokenizer: a random model for tests and
+    benchmarks where the model's quality does not matter, only its shapes and plumbing."""
+    from transformers import LlamaConfig
+
+    settings = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaConfig(**{**settings, **overrides})
