@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tao_dagster.domain import DomainSettings
 from tao_dagster.pipeline.round import run_round
 from tao_dagster.policies import PolicySettings, current_version
@@ -12,6 +14,7 @@ from tao_dagster.warehouse import Warehouse
 from .conftest import write_banking_log
 
 
+@pytest.mark.slow
 def test_a_round_runs_from_plain_python(tmp_path, monkeypatch, tiny_model_dir, learnable_domain_file):
     monkeypatch.setenv("TAO_HOME", str(tmp_path / "home"))
     write_banking_log(tmp_path / "day1.csv", 0, 40)
