@@ -63,7 +63,7 @@ def defaults(home: Path | None = None) -> dict[str, dict]:
         "logs": {"location": str(home / "logs")},
         "artifacts": {"location": ""},
         "flywheel": {"min_new_prompts": 50},
-        "policy": {"cache_dir": str(home / "cache"), "block_size": 32},
+        "policy": {"cache_dir": str(home / "cache")},
         "mlflow": {"tracking_uri": tracking_uri, "artifact_location": (home / "mlflow" / "artifacts").as_uri()},
     }
 

@@ -4,11 +4,10 @@ import codecs
 import json
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
 from tao_dagster.defs.partitions import log_files, prompt_partition_asset
 from tao_dagster.defs.prompts.assets import raw_prompts, reconcile_counts
-from tao_dagster.defs.resources import DomainResource, LogSourceResource, WarehouseResource
+from tao_dagster.defs.resources import default_resources
 from tao_dagster.warehouse import Warehouse
 
 DOMAIN = "assets/banking/domain.yaml"
@@ -40,11 +39,12 @@ def test_raw_prompts_quarantines_and_reconciles(tmp_path):
     )
     (logs / "b.csv").write_text("question\nhello\n")  # no text column: the whole file is quarantined
     (logs / "c.csv").write_text('text\n"How do I top up?"\n"Can I exchange euros?"\n')  # one prompt repeats a.jsonl
-    resources = {
-        "domain": DomainResource(domain_file=DOMAIN, heldout_fraction=0.0),
-        "logs": LogSourceResource(location=str(logs), s3=S3Resource()),
-        "warehouse": WarehouseResource(path=str(tmp_path / "wh.duckdb")),
+    overrides = {
+        "domain": {"domain_file": DOMAIN, "heldout_fraction": 0.0},
+        "logs": {"location": str(logs)},
+        "warehouse": {"path": str(tmp_path / "wh.duckdb")},
     }
+    resources = default_resources(tmp_path, overrides)
     keys = ["a.jsonl", "b.csv", "c.csv", "gone.csv"]  # gone.csv: a partition whose file was removed
     result = materialize_partitions([raw_prompts], keys, resources)
     assert result.success
@@ -84,11 +84,12 @@ def test_every_kind_of_bad_input_is_quarantined_or_accepted_and_reruns_agree(tmp
     (logs / "a.jsonl").write_bytes(b"\n".join(lines))
     (logs / "b.csv").write_bytes(codecs.BOM_UTF16_LE + "text\nHow do I top up?\nCan I exchange euros?\n".encode("utf-16-le"))
     (logs / "c.jsonl").write_bytes(b"")
-    resources = {
-        "domain": DomainResource(domain_file=DOMAIN, heldout_fraction=0.0, max_prompt_chars=200, long_prompts="truncate"),
-        "logs": LogSourceResource(location=str(logs), s3=S3Resource()),
-        "warehouse": WarehouseResource(path=str(tmp_path / "wh.duckdb")),
+    overrides = {
+        "domain": {"domain_file": DOMAIN, "heldout_fraction": 0.0, "max_prompt_chars": 200, "long_prompts": "truncate"},
+        "logs": {"location": str(logs)},
+        "warehouse": {"path": str(tmp_path / "wh.duckdb")},
     }
+    resources = default_resources(tmp_path, overrides)
     keys = ["a.jsonl", "b.csv", "c.jsonl"]
     first = materialize_partitions([raw_prompts], keys, resources)
     meta = materialization_metadata(first)
@@ -148,11 +149,8 @@ def test_a_row_lost_on_its_way_to_the_warehouse_fails_the_check_and_blocks_downs
     def downstream() -> None:
         ran.append(True)
 
-    resources = {
-        "domain": DomainResource(domain_file=DOMAIN),
-        "logs": LogSourceResource(location=str(logs), s3=S3Resource()),
-        "warehouse": WarehouseResource(path=str(tmp_path / "wh.duckdb")),
-    }
+    overrides = {"domain": {"domain_file": DOMAIN}, "logs": {"location": str(logs)}, "warehouse": {"path": str(tmp_path / "wh.duckdb")}}
+    resources = default_resources(tmp_path, overrides)
     result = materialize_partitions([raw_prompts, downstream], ["a.jsonl"], resources, raise_on_error=False)
     [check] = result.get_asset_check_evaluations()
     assert not check.passed and check.metadata["unreconciled_partitions"].value == ["a.jsonl"]

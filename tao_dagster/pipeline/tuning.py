@@ -4,6 +4,7 @@ merged, tracked and registered in MLflow. The same parent, settings and pairs gi
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 
 import polars as pl
 
@@ -22,9 +23,19 @@ logger = logging.getLogger(__name__)
 ALGORITHM = "dpo-lora"
 
 
-def training_pairs(db: Warehouse, spec: Domain, parent: Policy, settings: TrainSettings) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    """(the parent's scored candidates, their pairs, candidates of other policies left out). On-policy data only:
-    candidates of an older policy are stale for a round that starts from this one."""
+@dataclass(frozen=True)
+class TrainingData:
+    """What a round trains on: the parent's scored candidates, their pairs, and the checkpoint they make."""
+
+    rewards: pl.DataFrame
+    pairs: pl.DataFrame
+    stale: int  # candidates of other policies, left out
+    checkpoint_id: str
+    data_hash: str
+
+
+def training_data(db: Warehouse, spec: Domain, parent: Policy, settings: TrainSettings) -> TrainingData:
+    """On-policy data only: candidates of an older policy are stale for a round that starts from this one."""
     scored = candidate_rewards(db, spec.build_scorers())
     rewards = scored.filter(pl.col("policy_version") == parent.version)
     stale = scored.height - rewards.height
@@ -35,7 +46,7 @@ def training_pairs(db: Warehouse, spec: Domain, parent: Policy, settings: TrainS
             f"({stale} candidates of other policies are not used): materialize candidate_responses and reward_scores "
             f"for new partitions, lower min_chosen_reward ({settings.min_chosen_reward}) or min_margin ({settings.min_margin})"
         )
-    return rewards, pairs, stale
+    return TrainingData(rewards, pairs, stale, *checkpoint_id(parent.version, settings, pairs))
 
 
 def plain_prompts(spec: Domain, rewards: pl.DataFrame) -> dict[str, list[dict]]:
@@ -47,23 +58,22 @@ def train_and_register(
     db: Warehouse,
     spec: Domain,
     parent: Policy,
+    data: TrainingData,
     settings: TrainSettings,
     policy: PolicySettings,
     tracking: Tracking,
-    records,
-    pairs,
-    ids,
     log,
 ) -> dict:
     """Train the checkpoint, log and register it in MLflow and record it in the warehouse; its checkpoints row."""
-    ckpt, data_hash = ids
+    ckpt, pairs = data.checkpoint_id, data.pairs
     out_dir, work_dir = tao_home() / "checkpoints" / ckpt, tao_home() / "work" / ckpt  # work: Trainer checkpoints, until recorded
+    records = dpo_records(pairs, plain_prompts(spec, data.rewards))
     precision = compute_precision()
     log.info(f"training {ckpt} on {len(records)} pairs from {parent.path} in {precision.dtype} ({precision.reason})")
     with tracking.start_run(run_name=f"dpo-{ckpt}") as run:
         import mlflow
 
-        params = {"parent": parent.version, "algorithm": ALGORITHM, "data_hash": data_hash, "pairs": pairs.height, "domain": spec.name}
+        params = {"parent": parent.version, "algorithm": ALGORITHM, "data_hash": data.data_hash, "pairs": pairs.height, "domain": spec.name}
         mlflow.log_params({**settings.model_dump(), **params, **precision.metadata()})
         metrics = train_dpo(parent.path, records, settings, out_dir, work_dir, policy.train_processes, precision)
         for step, loss in enumerate(metrics["loss_curve"], start=1):
@@ -77,7 +87,7 @@ def train_and_register(
         "parent": parent.version,
         "algorithm": ALGORITHM,
         "config": settings.model_dump_json(),
-        "data_hash": data_hash,
+        "data_hash": data.data_hash,
         "path": str(out_dir),
         "mlflow_run_id": run_id,
         "model_version": str(model_version),
@@ -101,25 +111,23 @@ def tune(
     these pairs; a killed run of it resumes from its last Trainer checkpoint. Returns (the checkpoint, a summary)."""
     spec = domain.load()
     parent = current_policy(db, policy, tracking)
-    rewards, pairs, stale = training_pairs(db, spec, parent, settings)
-    log.info(f"parent {parent.version}: {rewards.height} scored candidates, {stale} from other policies left out")
-    ids = checkpoint_id(parent.version, settings, pairs)
-    row = db.checkpoint(ids[0])
-    if row and (tao_home() / "checkpoints" / ids[0] / "config.json").is_file():
-        log.info(f"checkpoint {ids[0]} already trained on exactly these pairs: reusing it")
+    data = training_data(db, spec, parent, settings)
+    log.info(f"parent {parent.version}: {data.rewards.height} scored candidates, {data.stale} from other policies left out")
+    ckpt, pairs, out_dir = data.checkpoint_id, data.pairs, tao_home() / "checkpoints" / data.checkpoint_id
+    row = db.checkpoint(ckpt)
+    if row and (out_dir / "config.json").is_file():
+        log.info(f"checkpoint {ckpt} already trained on exactly these pairs: reusing it")
     else:
-        row = train_and_register(
-            db, spec, parent, settings, policy, tracking, dpo_records(pairs, plain_prompts(spec, rewards)), pairs, ids, log
-        )
+        row = train_and_register(db, spec, parent, data, settings, policy, tracking, log)
     metrics = json.loads(row["metrics"])
-    published = artifacts.publish(tao_home() / "checkpoints" / ids[0], "checkpoints")
+    published = artifacts.publish(out_dir, "checkpoints")
     summary = {
-        "checkpoint_id": ids[0],
+        "checkpoint_id": ckpt,
         "parent": parent.version,
-        "path": tao_home() / "checkpoints" / ids[0],
+        "path": out_dir,
         **({"published": published} if published else {}),
         "pairs": pairs.height,
-        "stale_candidates_left_out": stale,
+        "stale_candidates_left_out": data.stale,
         "mean_chosen_reward": float(pairs["chosen_reward"].mean()),
         "mean_rejected_reward": float(pairs["rejected_reward"].mean()),
         "train_loss": metrics["train_loss"],
@@ -132,4 +140,4 @@ def tune(
         "mlflow_run_id": row["mlflow_run_id"],
         "registered_model_version": f"{tracking.registered_model} v{row['model_version']}",
     }
-    return checkpoint_policy(db, ids[0], tracking), summary
+    return checkpoint_policy(db, ckpt, tracking), summary
