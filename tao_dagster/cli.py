@@ -82,6 +82,8 @@ def tuning_round(instance, resources: dict) -> dict:
         raise SystemExit("the tuning round failed before its promotion gate: see the log above")
     stage(f"   promotion gate: {gate.metadata['decision'].value}. {gate.metadata['reason'].value if 'reason' in gate.metadata else ''}")
     if not gate.passed:
+        if "why_not" in gate.metadata:
+            stage(f"   why: {gate.metadata['why_not'].value}")
         return {"gate": gate.metadata["decision"].value}
     if not result.success:
         raise SystemExit("the tuning round failed: see the log above")
@@ -140,13 +142,20 @@ def print_headline(report: dict) -> None:
         f"diff {report['diff']:+.3f} (95% CI {report['diff_ci_low']:+.3f} .. {report['diff_ci_high']:+.3f})  "
         f"win rate {report['win_rate']:.2f}"
     )
+    print(
+        f"  best-of-N of the parent {report['best_of_n_mean_reward']:.3f}  distillation ratio {report['distillation_ratio']:.2f}"
+        f"  (how much of best-of-N's gain the tuned model keeps, answering once)"
+    )
     print(f"  output tokens base {report['base_mean_tokens']:.1f}  tuned {report['tuned_mean_tokens']:.1f}")
     if check.get("n_labelled"):
         print(
             f"  outside check base {check['base_accuracy']:.3f}  tuned {check['tuned_accuracy']:.3f} "
             f"(95% CI {check['tuned_accuracy_ci_low']:.3f} .. {check['tuned_accuracy_ci_high']:.3f})  "
             f"majority-class baseline {check['majority_baseline']:.3f}"
+            + (f"  the reward's own choice {check['reward_choice_accuracy']:.3f}" if "reward_choice_accuracy" in check else "")
         )
+    if "why_no_lift" in report:
+        print(f"  no lift: {report['why_no_lift']['advice']}")
     for name, path in report["_paths"].items():
         print(f"  {name}: {path}")
 

@@ -147,21 +147,31 @@ def write_report(report: dict, strategy_rows: list[dict], out_dir: Path) -> tupl
     md = [
         f"# TAO eval report: checkpoint {report['checkpoint_id']}",
         "",
-        f"Held-out prompts: {report['n']} (never used for generation, rewards or training).",
+        f"Held-out test prompts: {report['n']} (never used for generation, rewards, training or the promotion decision).",
         "",
         markdown_table(headline),
         "",
         f"Reward difference (tuned - base): **{report['diff']:+.3f}**, 95% bootstrap CI "
         f"[{report['diff_ci_low']:+.3f}, {report['diff_ci_high']:+.3f}]; win rate {report['win_rate']:.2f} (ties count half).",
     ]
+    if "best_of_n_mean_reward" in report:
+        md += [
+            "",
+            f"The ceiling being distilled, best-of-N of the parent on the same prompts: mean reward "
+            f"{report['best_of_n_mean_reward']:.3f}; the tuned model keeps {report['distillation_ratio']:.2f} of its gain "
+            "over the base (the distillation ratio).",
+        ]
     if check.get("n_labelled"):
         md += [
             "",
             f"Outside check on {check['n_labelled']} labelled prompts: tuned accuracy {check['tuned_accuracy']:.3f} "
             f"(95% CI [{check['tuned_accuracy_ci_low']:.3f}, {check['tuned_accuracy_ci_high']:.3f}]), base "
             f"{check['base_accuracy']:.3f}, always answering the commonest label ({check['majority_label']}) "
-            f"{check['majority_baseline']:.3f}.",
+            f"{check['majority_baseline']:.3f}."
+            + (f" The reward's own zero-shot choice: {check['reward_choice_accuracy']:.3f}." if "reward_choice_accuracy" in check else ""),
         ]
+    if "why_no_lift" in report:
+        md += ["", f"**No lift.** {report['why_no_lift']['advice']}."]
     for model, dist in report["answer_distribution"].items():  # empty when the domain names no answer field
         md += ["", f"Answer distribution, {model}: " + ", ".join(f"{k} {v:.0%}" for k, v in dist.items())]
     md += ["", "## Reward hacking alarms", "", markdown_table(report["alarms"]) if report["alarms"] else "None."]

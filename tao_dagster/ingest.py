@@ -92,6 +92,15 @@ def is_heldout(pid: str, fraction: float) -> bool:
     return int(pid[:8], 16) / 0xFFFFFFFF < fraction
 
 
+HELDOUT_PARTS = ("gate", "test")
+
+
+def heldout_part(pid: str) -> str:
+    """Which half of the held-out slice a prompt is in, by hash bits independent of is_heldout's: `gate`
+    (validation, read by promotion decisions) or `test` (read by the report alone, so no decision can flatter it)."""
+    return HELDOUT_PARTS[int(pid[8:16], 16) % 2]
+
+
 def _decode(data: bytes) -> tuple[str, str]:
     """The file's text and the name of its encoding, chosen by byte-order mark, UTF-8 without one."""
     encoding = next((name for mark, name in BYTE_ORDER_MARKS if data.startswith(mark)), "utf-8")

@@ -86,3 +86,10 @@ def current_version(db: Warehouse, settings: PolicySettings, tracking: Tracking)
     """The current policy's version alone: for deciding whether a round is due, without fetching its weights."""
     checkpoint_id = champion_checkpoint(db, tracking)
     return checkpoint_version(checkpoint_id) if checkpoint_id else settings.base_version()
+
+
+def policy_of_version(db: Warehouse, settings: PolicySettings, tracking: Tracking, version: str) -> Policy:
+    """The policy a version names: the base model, or a trained checkpoint."""
+    if version.startswith("ckpt:"):
+        return checkpoint_policy(db, version.removeprefix("ckpt:"), tracking)
+    return base_policy(settings)

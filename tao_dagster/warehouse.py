@@ -5,7 +5,7 @@ Keys (DESIGN.md, "Keys that make it incremental"):
 - candidate: prompt x policy version x strategy x sampling x sample index;
 - score: candidate x scorer name x scorer version;
 - checkpoint: parent policy x algorithm x config x the exact training data;
-- held-out answer: policy version x prompt.
+- held-out answer: policy version x prompt; a held-out candidate (the best-of-N ceiling) is keyed like a candidate.
 Each write is one transaction, so a killed write leaves all of its rows or none. Connections are
 short-lived because a DuckDB file admits one process at a time: a process that finds the file locked
 (a sensor reading while a run writes, say) waits for it.
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+
+from tao_dagster.ingest import heldout_part
 
 SCHEMA = """
 create table if not exists prompts (
@@ -41,6 +43,9 @@ create table if not exists checkpoints (
     checkpoint_id varchar primary key, parent varchar, algorithm varchar, config varchar,
     data_hash varchar, path varchar, mlflow_run_id varchar, model_version varchar,
     metrics varchar, created_at timestamp default current_timestamp);
+create table if not exists eval_candidates (
+    candidate_id varchar primary key, prompt_id varchar, policy_version varchar, strategy varchar, sampling varchar,
+    response varchar, completion_tokens integer);
 create table if not exists eval_answers (
     policy_version varchar, prompt_id varchar, response varchar, completion_tokens integer,
     primary key (policy_version, prompt_id));
@@ -139,13 +144,16 @@ class Warehouse:
     def training_prompts(self, partitions: list[str]) -> pl.DataFrame:
         """Prompts first seen in these partitions that are not held out: prompt_id, messages, first_partition."""
         return self.query(
-            "select prompt_id, messages, first_partition from prompts where not heldout and first_partition in (select unnest(?))",
+            "select prompt_id, messages, first_partition from prompts where not heldout and first_partition in (select unnest(?)) order by prompt_id",
             [partitions],
         )
 
-    def heldout_prompts(self, limit: int = 0) -> pl.DataFrame:
-        """Held-out prompts in their fixed hashed order, at most `limit` of them (0: all)."""
+    def heldout_prompts(self, part: str | None = None, limit: int = 0) -> pl.DataFrame:
+        """Held-out prompts of one part (`gate` or `test`, see ingest.heldout_part; both if None) in their fixed
+        hashed order, at most `limit` of them (0: all)."""
         prompts = self.query("select prompt_id, messages, text from prompts where heldout order by prompt_id")
+        if part is not None:
+            prompts = prompts.filter(pl.col("prompt_id").map_elements(heldout_part, return_dtype=pl.String) == part)
         return prompts.head(limit) if limit else prompts
 
     # Candidates and scores
@@ -201,6 +209,13 @@ class Warehouse:
     def checkpoint_of_run(self, mlflow_run_id: str) -> str | None:
         found = self.query("select checkpoint_id from checkpoints where mlflow_run_id = ?", [mlflow_run_id])
         return found["checkpoint_id"][0] if found.height else None
+
+    def eval_candidates(self, policy_version: str) -> pl.DataFrame:
+        """Candidates generated for held-out test prompts, for measuring the best-of-N ceiling only: never trained on."""
+        return self.query(
+            "select candidate_id, prompt_id, strategy, sampling, response, completion_tokens from eval_candidates where policy_version = ?",
+            [policy_version],
+        )
 
     def answers(self, policy_version: str) -> pl.DataFrame:
         """The policy's stored held-out answers: prompt_id, response, completion_tokens."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from tao_dagster.domain import DomainSettings, Strategy
+from tao_dagster.domain import Domain, DomainSettings, Strategy
 from tao_dagster.evaluation import Markdown, markdown_table
 from tao_dagster.generation import Generation, Request, open_engine
 from tao_dagster.policies import Policy, PolicySettings
@@ -33,21 +33,25 @@ class Planned:
     request: Request
 
 
-def plan_candidates(db: Warehouse, domain: DomainSettings, policy_version: str, partitions: list[str]) -> tuple[int, list[Planned]]:
-    """(training prompts in the partitions, the candidates of theirs this policy has not generated yet)."""
-    spec = domain.load()
-    prompts = db.training_prompts(partitions)
-    existing = db.candidate_ids(policy_version)
+def plan_requests(spec: Domain, prompts: pl.DataFrame, policy_version: str, existing: set[str], partition: str = "") -> list[Planned]:
+    """Every strategy's samples for each prompt (prompt_id, messages[, first_partition]) not in `existing` yet."""
     todo = []
-    for pid, messages, partition in prompts.iter_rows():
-        conversation = json.loads(messages)
+    for row in prompts.iter_rows(named=True):
+        conversation = json.loads(row["messages"])
         for strategy in spec.strategies:
             sampling = strategy.settings_key()
             for index in range(strategy.samples):
-                cid = candidate_id(pid, policy_version, strategy.name, sampling, index)
+                cid = candidate_id(row["prompt_id"], policy_version, strategy.name, sampling, index)
                 if cid not in existing:
-                    todo.append(Planned(cid, pid, partition, strategy, index, spec.strategy_request(conversation, strategy)))
-    return prompts.height, todo
+                    request = spec.strategy_request(conversation, strategy)
+                    todo.append(Planned(cid, row["prompt_id"], row.get("first_partition", partition), strategy, index, request))
+    return todo
+
+
+def plan_candidates(db: Warehouse, domain: DomainSettings, policy_version: str, partitions: list[str]) -> tuple[int, list[Planned]]:
+    """(training prompts in the partitions, the candidates of theirs this policy has not generated yet)."""
+    prompts = db.training_prompts(partitions)
+    return prompts.height, plan_requests(domain.load(), prompts, policy_version, db.candidate_ids(policy_version))
 
 
 def candidate_frame(planned: list[Planned], outputs: list[Generation], version: str, engine: str) -> pl.DataFrame:

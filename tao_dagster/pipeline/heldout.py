@@ -9,15 +9,20 @@ import polars as pl
 from tao_dagster.domain import Domain, DomainSettings
 from tao_dagster.errors import StageError
 from tao_dagster.generation import open_engine
+from tao_dagster.pipeline.candidates import candidate_frame, plan_requests
 from tao_dagster.policies import Policy, PolicySettings
 from tao_dagster.rewards import Scored, Scorer, combine, score_frame
+from tao_dagster.training import best_candidates
 from tao_dagster.warehouse import Warehouse
 
+EVAL_CANDIDATE_COLUMNS = ["candidate_id", "prompt_id", "policy_version", "strategy", "sampling", "response", "completion_tokens"]
 
-def heldout_prompts(db: Warehouse, domain: DomainSettings) -> pl.DataFrame:
-    prompts = db.heldout_prompts(domain.max_eval_prompts)
+
+def heldout_prompts(db: Warehouse, domain: DomainSettings, part: str) -> pl.DataFrame:
+    """The held-out prompts of one part: `gate` for promotion decisions, `test` for the report alone."""
+    prompts = db.heldout_prompts(part, domain.max_eval_prompts)
     if prompts.height == 0:
-        raise StageError("no held-out prompts: ingest more log files or raise the domain resource's heldout_fraction")
+        raise StageError(f"no held-out {part} prompts: ingest more log files or raise the domain resource's heldout_fraction")
     return prompts
 
 
@@ -48,3 +53,23 @@ def answer_rewards(answers: pl.DataFrame, scorers: list[Scorer]) -> np.ndarray:
     items = [Scored(pid, text, response) for pid, text, response in answers.select("prompt_id", "text", "response").iter_rows()]
     scores = score_frame(items, answers["prompt_id"].to_list(), scorers)
     return combine(scores, scorers).sort("candidate_id")["reward"].to_numpy()
+
+
+def best_of_n(db: Warehouse, spec: Domain, settings: PolicySettings, policy: Policy, prompts: pl.DataFrame) -> pl.DataFrame:
+    """The ceiling a round distils: the policy's best candidate per prompt, generated with the domain's strategies
+    as for training and picked by the full reward as training picks, for measurement only (stored apart from the
+    training candidates, never trained on). The frame is shaped like heldout_answers'."""
+    todo = plan_requests(spec, prompts, policy.version, set(db.eval_candidates(policy.version)["candidate_id"]))
+    if todo:
+        with open_engine(policy.path, settings.engine_settings()) as llm:
+            for start in range(0, len(todo), settings.generation_chunk):
+                chunk = todo[start : start + settings.generation_chunk]
+                outputs = llm.generate([p.request for p in chunk])
+                frame = candidate_frame(chunk, outputs, policy.version, llm.name)
+                db.upsert("eval_candidates", frame.select(EVAL_CANDIDATE_COLUMNS))
+    candidates = db.eval_candidates(policy.version).join(prompts.select("prompt_id", "text"), on="prompt_id")
+    scorers = spec.build_scorers()
+    items = [Scored(pid, text, response) for pid, text, response in candidates.select("prompt_id", "text", "response").iter_rows()]
+    rewards = combine(score_frame(items, candidates["candidate_id"].to_list(), scorers), scorers)
+    best = best_candidates(candidates.join(rewards, on=["candidate_id", "prompt_id"]))
+    return best.select("prompt_id", "response", "completion_tokens", "text").sort("prompt_id")

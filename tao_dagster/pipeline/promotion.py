@@ -4,6 +4,7 @@ import logging
 
 from tao_dagster.domain import DomainSettings
 from tao_dagster.evaluation import compare, promotion_decision
+from tao_dagster.pipeline.diagnosis import why_no_lift
 from tao_dagster.pipeline.heldout import answer_rewards, heldout_answers, heldout_prompts, pointwise_scorers
 from tao_dagster.policies import Policy, PolicySettings, base_policy, champion_policy
 from tao_dagster.tracking import Tracking
@@ -23,7 +24,7 @@ def decide_promotion(
         return True, {"decision": "already the champion", "champion": candidate.version}
     spec = domain.load()
     scorers = pointwise_scorers(spec.build_scorers())
-    prompts = heldout_prompts(db, domain)
+    prompts = heldout_prompts(db, domain, "gate")
     references = {"base": base_policy(settings), **({"champion": champion} if champion else {})}
     models = {**references, "candidate": candidate}
     rewards = {name: answer_rewards(heldout_answers(db, spec, settings, p, prompts), scorers) for name, p in models.items()}
@@ -34,6 +35,7 @@ def decide_promotion(
     if promote:
         tracking.promote(candidate.model_version)
     log.info(f"promotion gate for {candidate.version}: {'promoted' if promote else 'kept ' + previous}: {why}")
+    diagnosis = {} if promote else why_no_lift(db, spec, db.checkpoint(candidate.checkpoint_id))
     return promote, {
         "decision": f"promoted {candidate.version} over {previous}" if promote else f"not promoted: {previous} stays champion",
         "reason": why,
@@ -41,5 +43,6 @@ def decide_promotion(
         "registered_model_version": f"{tracking.registered_model} v{candidate.model_version}",
         **{f"diff_vs_{name}": c["diff"] for name, c in comparisons.items()},
         **{f"diff_vs_{name}_ci_low": c["diff_ci_low"] for name, c in comparisons.items()},
-        "heldout_prompts": prompts.height,
+        "heldout_prompts": prompts.height,  # of the gate part
+        **({"why_not": diagnosis["advice"], "training": {k: v for k, v in diagnosis.items() if k != "advice"}} if diagnosis else {}),
     }

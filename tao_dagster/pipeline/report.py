@@ -2,16 +2,18 @@
 
 import json
 
+import numpy as np
 import polars as pl
 
 from tao_dagster.diagnostics import Alarm, alarm_rows, answer_alarms
 from tao_dagster.domain import Domain, DomainSettings
 from tao_dagster.evaluation import answer_distribution, compare, load_labels, outside_check, plot_report, write_report
 from tao_dagster.paths import tao_home
-from tao_dagster.pipeline.heldout import answer_rewards, heldout_answers, heldout_prompts, pointwise_scorers
+from tao_dagster.pipeline.diagnosis import why_no_lift
+from tao_dagster.pipeline.heldout import answer_rewards, best_of_n, heldout_answers, heldout_prompts, pointwise_scorers
 from tao_dagster.pipeline.scores import candidate_rewards
-from tao_dagster.policies import Policy, PolicySettings, base_policy
-from tao_dagster.rewards import extract_field
+from tao_dagster.policies import Policy, PolicySettings, base_policy, policy_of_version
+from tao_dagster.rewards import Scorer, extract_field
 from tao_dagster.storage import ArtifactStore
 from tao_dagster.tracking import Tracking
 from tao_dagster.warehouse import Warehouse
@@ -43,30 +45,67 @@ def strategy_table(db: Warehouse, spec: Domain, parent: str) -> list[dict]:
     )
 
 
+def reward_choice_accuracy(spec: Domain, texts: list[str]) -> list | None:
+    """The reward's own zero-shot answer for each prompt, where an embedding_choice scorer scores the answer field:
+    the value it would rate highest. A tuned model that merely matches it has distilled the reward's classifier."""
+    field = spec.evaluation.get("answer_field")
+    chooser = next((s for s in spec.build_scorers() if s.kind == "embedding_choice" and s.params.field == field), None)
+    return chooser.choose(texts) if chooser else None
+
+
+def ceiling(
+    db: Warehouse,
+    spec: Domain,
+    settings: PolicySettings,
+    tracking: Tracking,
+    parent: str,
+    prompts: pl.DataFrame,
+    scorers: list[Scorer],
+    base: np.ndarray,
+    tuned: np.ndarray,
+) -> tuple[dict, pl.DataFrame]:
+    """Best-of-N of the parent on the test prompts, and how much of its gain over the base the tuned model kept."""
+    best = best_of_n(db, spec, settings, policy_of_version(db, settings, tracking, parent), prompts)
+    reward = answer_rewards(best, scorers)
+    gap = float(reward.mean() - base.mean())
+    return {
+        "best_of_n_mean_reward": float(reward.mean()),
+        "distillation_ratio": float((tuned.mean() - base.mean()) / gap) if gap > 0 else float("nan"),
+    }, best
+
+
 def evaluate(
     db: Warehouse, domain: DomainSettings, settings: PolicySettings, tracking: Tracking, artifacts: ArtifactStore, tuned: Policy
 ) -> tuple[dict, list[Alarm], dict]:
-    """Answer the held-out prompts with the base and the tuned model, compare, write report.json/.md and a plot,
-    and log them to the checkpoint's MLflow run. Returns (the report, its alarms, the files written)."""
+    """Answer the held-out test prompts (which no decision reads) with the base and the tuned model, compare them
+    with each other and with the parent's best-of-N, write report.json/.md and a plot, and log them to the
+    checkpoint's MLflow run. Returns (the report, its alarms, the files written)."""
     spec = domain.load()
     checkpoint = db.checkpoint(tuned.checkpoint_id)
-    prompts = heldout_prompts(db, domain)
+    prompts = heldout_prompts(db, domain, "test")
     base = heldout_answers(db, spec, settings, base_policy(settings), prompts)
     answered = heldout_answers(db, spec, settings, tuned, prompts)
     scorers = pointwise_scorers(spec.build_scorers())
     rewards = {"base": answer_rewards(base, scorers), "tuned": answer_rewards(answered, scorers)}
     report = {"checkpoint_id": tuned.checkpoint_id, "parent": checkpoint["parent"], **compare(rewards["base"], rewards["tuned"])}
+    measured, best = ceiling(db, spec, settings, tracking, checkpoint["parent"], prompts, scorers, rewards["base"], rewards["tuned"])
+    report |= measured
     report["base_mean_tokens"] = float(base["completion_tokens"].mean())
     report["tuned_mean_tokens"] = float(answered["completion_tokens"].mean())
     report["eval_scorers"] = [s.name for s in scorers]
     field = spec.evaluation.get("answer_field")
-    answers = {m: [extract_field(r, field) for r in f["response"]] for m, f in (("base", base), ("tuned", answered))} if field else {}
+    frames = (("base", base), ("tuned", answered), ("best_of_n", best))
+    answers = {m: [extract_field(r, field) for r in f["response"]] for m, f in frames} if field else {}
     report["answer_distribution"] = {m: answer_distribution(a) for m, a in answers.items()}
     alarms = answer_alarms(base, answered, report["diff"], field, spec.diagnostics)
     report["alarms"] = alarm_rows(alarms)
+    if answers and (choices := reward_choice_accuracy(spec, base["text"].to_list())):
+        answers["reward_choice"] = choices
     check = labelled_check(spec, base["text"].to_list(), answers)
     if check is not None:
         report["outside_check"] = check
+    if report["diff_ci_low"] <= 0:
+        report["why_no_lift"] = why_no_lift(db, spec, checkpoint)
     report["candidates_per_strategy"] = strategy_table(db, spec, checkpoint["parent"])
     out_dir = tao_home() / "reports" / tuned.checkpoint_id
     json_path, md_path, markdown = write_report(report, report["candidates_per_strategy"], out_dir)

@@ -44,6 +44,14 @@ class EmbeddingChoiceScorer(Scorer):
         model: str = Field(EMBEDDED_ENCODER, description=ENCODER_HELP)
         temperature: float = Field(0.05, gt=0, description="The softmax temperature: lower makes the best-fitting value win more clearly.")
 
+    def choose(self, prompts: list[str]) -> list[str]:
+        """The value whose description fits each prompt best: this scorer's own zero-shot answer."""
+        encoder = load_encoder(self.params.model)
+        values = list(self.params.descriptions)
+        label_vecs = _unit(encoder.encode([self.params.descriptions[v] for v in values]))
+        prompt_vecs = _unit(encoder.encode(prompts, batch_size=64))
+        return [values[i] for i in (prompt_vecs @ label_vecs.T).argmax(axis=1)]
+
     def score(self, items):
         p = self.params
         encoder = load_encoder(p.model)

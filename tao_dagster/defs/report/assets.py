@@ -51,6 +51,7 @@ def report_metadata(report: dict, files: dict) -> dict:
         "report": dg.MetadataValue.md(files["markdown"] + f"\n![rewards and answers](data:image/png;base64,{image})\n"),
         **{k: dg.MetadataValue.path(str(files[k])) for k in ("report_json", "report_md", "plot", "published") if k in files},
         **{k: v for k, v in report.items() if isinstance(v, int | float)},
+        **({"why_no_lift": report["why_no_lift"]["advice"]} if "why_no_lift" in report else {}),
         **compute_precision().metadata(),
     }
 
