@@ -53,6 +53,15 @@ def test_json_fields_alone_with_allowed_values_gets_its_sweep(tmp_path):
     assert prefixes(domain, "intent_sweep") == ['{"intent": "alarm"}', '{"intent": "music"}', '{"intent": "weather"}']
 
 
+def test_the_sweep_takes_the_field_embedding_choice_reads(tmp_path):
+    fields = {"urgency": {"allowed": ["low", "high"]}, "topic": {"allowed": ["card", "cash"]}}
+    scorers = [{"name": "format", "kind": "json_fields", "fields": fields}]
+    assert [s.name for s in load_domain(write_domain(tmp_path, "auto", scorers)).strategies][-1] == "urgency_sweep"
+    scorers.append({"name": "fit", "kind": "embedding_choice", "field": "topic", "descriptions": {"card": "cards", "cash": "ATMs"}})
+    domain = load_domain(write_domain(tmp_path, "auto", scorers))
+    assert prefixes(domain, "topic_sweep") == ['{"topic": "card", "urgency": "', '{"topic": "cash", "urgency": "']
+
+
 def test_free_text_domains_get_plain_and_a_format_prefix_only_where_the_answer_is_json(tmp_path):
     json_answer = [{"name": "format", "kind": "json_fields", "fields": {"answer": {"min_words": 3}}}]
     domain = load_domain(write_domain(tmp_path, "auto", json_answer))
