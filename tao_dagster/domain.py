@@ -5,6 +5,7 @@ add scaffolding (step-by-step hints, a topic guide, worked examples) used only t
 pairs and evaluation always use the plain prompt, so the tuned model costs the same to serve.
 """
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import yaml
 from pydantic import BaseModel, Field
 
 from tao_dagster.errors import StageError
+from tao_dagster.exploration import expand
 from tao_dagster.generation import Request, Sampling
-from tao_dagster.ingest import LongPrompts
+from tao_dagster.ingest import LongPrompts, prompt_id
 from tao_dagster.rewards import Scorer, build_scorers
 
 
@@ -25,10 +27,25 @@ class Strategy:
     samples: int
     # The start of the answer, given to the model (e.g. '{"topic": "'): a structured-output nudge for exploration.
     response_prefix: str = ""
+    # A capped sweep (`per_prompt`): this strategy is place `slot` of each prompt's own draw from `choices`.
+    choices: tuple[str, ...] = ()
+    slot: int = 0
 
     def settings_key(self) -> str:
-        """Sampling settings and prefix: part of a candidate's key."""
+        """Sampling settings and prefix (or the place in a capped sweep): part of a candidate's key."""
+        if self.choices:
+            digest = hashlib.sha256("\n".join(self.choices).encode()).hexdigest()[:8]
+            return self.sampling.key() + f",sweep={self.slot + 1}of{len(self.choices)}:{digest}"
         return self.sampling.key() + (f",prefix={self.response_prefix}" if self.response_prefix else "")
+
+    def prefix_for(self, conversation: list[dict]) -> str:
+        """The answer start for this prompt. A capped sweep orders its choices by a hash of the prompt and takes
+        place `slot`: each prompt gets a fixed subset of distinct values, every value is tried across prompts,
+        the cost per prompt is bounded, and a rerun plans the same candidates."""
+        if not self.choices:
+            return self.response_prefix
+        pid = prompt_id(conversation)
+        return sorted(self.choices, key=lambda c: hashlib.sha256(f"{pid}|{c}".encode()).hexdigest())[self.slot]
 
 
 @dataclass
@@ -52,7 +69,7 @@ class Domain:
         return [*conversation[:-1], {"role": "user", "content": last}]
 
     def strategy_request(self, conversation: list[dict], strategy: Strategy) -> Request:
-        return Request(self.messages(conversation, strategy.template), strategy.sampling, strategy.response_prefix)
+        return Request(self.messages(conversation, strategy.template), strategy.sampling, strategy.prefix_for(conversation))
 
     def plain_request(self, conversation: list[dict]) -> Request:
         """What production sends: the plain prompt, greedy."""
@@ -66,6 +83,24 @@ class Domain:
         return build_scorers(self.scorers, self.path.parent)
 
 
+def load_strategies(entry: dict, plain_template: str, default_max: int) -> list[Strategy]:
+    """One entry of the domain file's `strategies`: a strategy per answer start in `response_prefixes` (a sweep),
+    or `per_prompt` of them drawn per prompt when that caps the sweep."""
+    prefixes = entry.get("response_prefixes", [entry.get("response_prefix", "")])
+    settings = dict(
+        name=entry["name"],
+        template=entry.get("template", plain_template),
+        sampling=Sampling(entry["temperature"], entry.get("top_p", 1.0), entry.get("max_tokens", default_max)),
+        samples=int(entry.get("samples", 1)),
+    )
+    per_prompt = entry.get("per_prompt", len(prefixes))
+    if not isinstance(per_prompt, int) or per_prompt < 1:
+        raise ValueError(f"strategy {entry['name']!r}: per_prompt must be a whole number of at least 1, not {per_prompt!r}")
+    if per_prompt >= len(prefixes):
+        return [Strategy(**settings, response_prefix=prefix) for prefix in prefixes]
+    return [Strategy(**settings, choices=tuple(prefixes), slot=slot) for slot in range(per_prompt)]
+
+
 def load_domain(path: str | Path) -> Domain:
     path = Path(path)
     try:
@@ -74,18 +109,10 @@ def load_domain(path: str | Path) -> Domain:
         raise ValueError(f"domain file {path}: {err}") from err
     try:
         default_max = spec.get("max_tokens", 64)
-        strategies = [
-            Strategy(
-                name=s["name"],
-                template=s.get("template", spec["plain_template"]),
-                sampling=Sampling(s["temperature"], s.get("top_p", 1.0), s.get("max_tokens", default_max)),
-                samples=int(s.get("samples", 1)),
-                response_prefix=prefix,
-            )
-            for s in spec["strategies"]
-            # `response_prefixes` sweeps a list of answer starts, e.g. one per allowed value of a field.
-            for prefix in s.get("response_prefixes", [s.get("response_prefix", "")])
-        ]
+        scorers = build_scorers(spec["scorers"], path.parent)  # a bad scorer fails here, not after the candidates are generated
+        # `auto` entries become the strategies the scorers imply (exploration.py).
+        entries = expand(spec["strategies"], scorers)
+        strategies = [s for entry in entries for s in load_strategies(entry, spec["plain_template"], default_max)]
         domain = Domain(
             name=spec["name"],
             path=path.resolve(),
@@ -101,12 +128,10 @@ def load_domain(path: str | Path) -> Domain:
         )
     except (KeyError, TypeError) as err:
         raise ValueError(f"domain file {path}: missing or malformed setting {err}") from err
-    if len({(s.name, s.sampling, s.response_prefix) for s in strategies}) < len(strategies):
-        raise ValueError(f"domain file {path}: two strategies share a name and sampling settings")
-    try:
-        domain.build_scorers()  # a bad scorer fails here, not after the candidates are generated
     except ValueError as err:
         raise ValueError(f"domain file {path}: {err}") from err
+    if len({(s.name, s.settings_key()) for s in strategies}) < len(strategies):
+        raise ValueError(f"domain file {path}: two strategies share a name and sampling settings")
     return domain
 
 
