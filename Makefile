@@ -7,8 +7,11 @@ setup:
 system:  # PostgreSQL and Chromium for the server and browser tests
 	bash scripts/system-packages.sh
 
+# `make demo DOMAIN=hwu64`: the demo domain in assets/hwu64/ on its own logs, in its own home (.tao_home/hwu64
+# unless TAO_HOME is set), so two domains' prompts, checkpoints and runs never share a warehouse or an instance.
+DEMO_DOMAIN = $(if $(DOMAIN),TAO_DOMAIN=$(CURDIR)/assets/$(DOMAIN)/domain.yaml TAO_HOME=$${TAO_HOME:-$(CURDIR)/.tao_home/$(DOMAIN)})
 demo: setup
-	.venv/bin/tao-dagster demo
+	$(DEMO_DOMAIN) .venv/bin/tao-dagster demo
 
 test: setup system
 	.venv/bin/python -m pytest -q

@@ -94,6 +94,15 @@ def tuning_round(instance, resources: dict) -> dict:
     return report
 
 
+def example_logs() -> Path:
+    """The logs shipped beside the domain file when TAO_DOMAIN is one of the demos in assets/<name>/, so another
+    demo domain is not fed banking's traffic; banking's logs otherwise (a user's own domain passes its own)."""
+    folder = (PROJECT_ROOT / os.environ.get("TAO_DOMAIN", "assets/banking/domain.yaml")).resolve().parent
+    if folder.parent == PROJECT_ROOT / "assets" and (folder / "logs").is_dir():
+        return folder / "logs"
+    return PROJECT_ROOT / "assets" / "banking" / "logs"
+
+
 def run_demo(rounds: int, logs_from: str, max_eval_prompts: int) -> None:
     """Deliver the example logs, then run up to `rounds` flywheel rounds as the sensor and schedule would:
     the last `rounds - 1` files arrive one per round, files already scored are not scored again, and a
@@ -167,8 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--rounds", type=int, default=1, help="flywheel rounds; the last rounds-1 log files arrive one per later round")
     demo.add_argument(
         "--logs-from",
-        default=str(PROJECT_ROOT / "assets" / "banking" / "logs"),
-        help="copy these log files into the log location first ('' to use what is there)",
+        default=str(example_logs()),
+        help="copy these log files into the log location first ('' to use what is there); default: the demo domain's logs",
     )
     demo.add_argument("--max-eval-prompts", type=int, default=0, help="cap on held-out prompts evaluated (0: all)")
     dev = sub.add_parser("dev", help="start the Dagster UI, daemon, sensor and schedule (dagster dev) with the project's instance")
