@@ -20,9 +20,10 @@ def test_pairs_are_best_versus_worst_per_prompt():
             ("p3", "g", "weaker", 0.0),  # chosen too weak
         ]
     )
-    pairs = build_pairs(frame, TrainSettings(min_margin=0.1, min_chosen_reward=0.5))
+    one = {"pairs_per_prompt": 1}  # the pair the default's second pair per prompt would add to p1 is not this test's point
+    pairs = build_pairs(frame, TrainSettings(min_margin=0.1, min_chosen_reward=0.5, **one))
     assert pairs.select("prompt_id", "chosen_id", "rejected_id").rows() == [("p1", "a", "b")]
-    assert build_pairs(frame, TrainSettings(min_margin=0.0, min_chosen_reward=0.0)).height == 3
+    assert build_pairs(frame, TrainSettings(min_margin=0.0, min_chosen_reward=0.0, **one)).height == 3
 
 
 def test_ties_prefer_the_shorter_chosen_answer():
@@ -62,7 +63,8 @@ def card_pairs(n: int) -> list[dict]:
 def test_dpo_trains_and_saves_a_merged_model(tiny_model_dir, tmp_path):
     """Real TRL DPO + LoRA on a tiny random model: the merged model loads and differs from its parent."""
     out = tmp_path / "ckpt"
-    metrics = train_dpo(str(tiny_model_dir), card_pairs(4), TrainSettings(batch_size=2, learning_rate=1e-2), out, tmp_path / "work")
+    settings = TrainSettings(batch_size=2, learning_rate=1e-2, min_steps=0)  # the schedule as given: 4 pairs, 2 a step
+    metrics = train_dpo(str(tiny_model_dir), card_pairs(4), settings, out, tmp_path / "work")
     assert metrics["steps"] == 2 and metrics["pairs"] == 4
     assert len(metrics["loss_curve"]) == 2
     assert_merged_and_changed(out, tiny_model_dir)
@@ -73,7 +75,7 @@ def test_data_parallel_training_under_accelerate(tiny_model_dir, tmp_path):
     """Two processes under `accelerate launch` (gloo on this CPU; NCCL on GPUs): the batch is split between
     them, so 8 pairs in batches of 4 still take 2 optimiser steps, and one merged model is saved."""
     out = tmp_path / "ckpt"
-    settings = TrainSettings(batch_size=4, learning_rate=1e-2)
+    settings = TrainSettings(batch_size=4, learning_rate=1e-2, min_steps=0)  # the schedule as given
     metrics = train_dpo(str(tiny_model_dir), card_pairs(8), settings, out, tmp_path / "work", processes=2)
     assert metrics["steps"] == 2 and metrics["pairs"] == 8 and len(metrics["loss_curve"]) == 2
     assert_merged_and_changed(out, tiny_model_dir)
@@ -102,6 +104,109 @@ def test_pair_cap_keeps_the_widest_margins():
     frame = candidates([(f"p{i}", f"c{i}", "good", 0.5 + i / 10) for i in range(4)] + [(f"p{i}", f"r{i}", "bad", 0.0) for i in range(4)])
     pairs = build_pairs(frame, TrainSettings(max_pairs=2))
     assert pairs["prompt_id"].to_list() == ["p2", "p3"]
+
+
+# The old selection: each prompt's best against its worst, kept only where the best reaches an absolute 0.5.
+OLD_SELECTION = TrainSettings(min_chosen_reward=0.5, min_z_margin=0.0, min_chosen_z=0.0, pairs_per_prompt=1)
+
+
+def low_reward_domain(prompts: int = 10) -> pl.DataFrame:
+    """Six candidates a prompt whose rewards never pass 0.35, as on a new domain the base model barely handles: one
+    answer in the asked format and on topic, one in the format but off topic, the rest failing the format."""
+    rows = []
+    for p in range(prompts):
+        good, off = f'{{"intent": "alarm_set", "note": "set for seven {p}"}}', f'{{"intent": "play_music", "note": "set for six {p}"}}'
+        rows += [(f"p{p}", f"p{p}-good", good, 0.35), (f"p{p}", f"p{p}-off", off, 0.15)]
+        rows += [(f"p{p}", f"p{p}-text{i}", f"I can help with that {i}", 0.02 * i) for i in range(4)]
+    return candidates(rows)
+
+
+def test_pairs_are_chosen_relative_to_each_prompt_on_a_low_reward_domain():
+    frame = low_reward_domain()
+    assert build_pairs(frame, OLD_SELECTION).height == 0, "no best answer reaches the old absolute floor"
+    pairs = build_pairs(frame, TrainSettings())
+    assert pairs["prompt_id"].n_unique() == 10 and set(pairs["chosen_id"]) == {f"p{p}-good" for p in range(10)}
+    assert (pairs["chosen_reward"] - pairs["rejected_reward"] >= 0.1).all()
+    assert build_pairs(frame, TrainSettings(min_chosen_reward=0.5)).height == 0, "the absolute floor is still there when asked for"
+
+
+def test_a_prompt_without_a_clearly_better_answer_gives_no_pair():
+    frame = candidates(
+        [("even", "e1", "same", 0.4), ("even", "e2", "same", 0.4)]  # nothing to prefer
+        + [("noise", f"n{i}", "x", 0.30 + i / 100) for i in range(5)]  # a spread of 0.04: noise, however many deviations
+        + [("tied", f"t{i}", "x", 0.9) for i in range(9)]  # the best barely above the prompt's mean...
+        + [("tied", "t9", "x", 0.0)]  # ...beside one failure: z of the best 0.33
+    )
+    assert build_pairs(frame, TrainSettings()).height == 0
+    assert build_pairs(frame, TrainSettings(min_chosen_z=0.0))["prompt_id"].unique().to_list() == ["tied"]
+
+
+def test_several_pairs_per_prompt_all_with_the_prompt_best():
+    frame = low_reward_domain(3)
+    for per_prompt in (1, 2, 3):
+        pairs = build_pairs(frame, TrainSettings(pairs_per_prompt=per_prompt))
+        assert pairs.group_by("prompt_id").len()["len"].to_list() == [per_prompt] * 3
+        assert pairs["chosen_id"].str.ends_with("-good").all() and pairs["rejected_id"].n_unique() == pairs.height
+
+
+def test_a_rejected_answer_of_the_same_form_comes_first_so_the_pair_teaches_content():
+    """The off-topic answer in the chosen one's format (same keys, same length band) is preferred to the wider
+    margins of answers failing the format, and to a same-keys answer of another length band."""
+    chosen = '{"topic": "card", "reply": "Your new card is on its way."}'
+    frame = candidates(
+        [
+            ("p1", "chosen", chosen, 0.9),
+            ("p1", "no-json", "Sorry, I cannot help with that request today.", 0.0),
+            ("p1", "rambling", '{"topic": "card", "reply": "' + "so " * 40 + '"}', 0.1),
+            ("p1", "off-topic", '{"topic": "cash", "reply": "Your cash is on its way."}', 0.4),
+            ("p1", "middling", chosen.replace("new ", ""), 0.7),  # same form but not clearly worse
+        ]
+    )
+    pairs = build_pairs(frame, TrainSettings(pairs_per_prompt=3))
+    assert pairs.select("rejected_id", "same_form").rows() == [("off-topic", True), ("no-json", False), ("rambling", False)]
+    assert build_pairs(frame, TrainSettings(pairs_per_prompt=1))["rejected_id"].to_list() == ["off-topic"]
+
+
+def test_the_pair_cap_keeps_every_prompt_first_pair_before_a_second():
+    frame = low_reward_domain(4).with_columns(pl.col("reward") * (1 + pl.col("prompt_id").str.slice(1).cast(pl.Float64) / 10))
+    pairs = build_pairs(frame, TrainSettings(pairs_per_prompt=3, max_pairs=6))
+    assert pairs.group_by("prompt_id", maintain_order=True).len().rows() == [("p0", 1), ("p1", 1), ("p2", 2), ("p3", 2)]
+    assert pairs.equals(build_pairs(frame, TrainSettings(pairs_per_prompt=3, max_pairs=6)))
+
+
+@pytest.mark.parametrize(
+    ("pairs", "settings", "expected"),
+    [
+        (10, TrainSettings(), (2, 4)),  # 5 steps an epoch at 2 a step: 4 epochs reach 16 steps
+        (40, TrainSettings(), (8, 4)),  # 5 steps an epoch: more epochs alone reach 16 steps
+        (160, TrainSettings(), (8, 1.0)),  # 20 steps in one epoch: as given
+        (3, TrainSettings(), (2, 4.0)),  # too few for 16 steps: the smallest batch, the most epochs
+        (10, TrainSettings(min_steps=0), (8, 1.0)),
+        (10, TrainSettings(epochs=8), (8, 8)),  # never fewer epochs than asked for
+    ],
+)
+def test_the_schedule_reaches_min_steps_on_small_data(pairs, settings, expected):
+    assert settings.schedule(pairs) == expected
+    assert settings.schedule(pairs) == TrainSettings(**settings.model_dump()).schedule(pairs), "deterministic"
+
+
+def test_ten_pairs_train_the_scheduled_steps(tiny_model_dir, tmp_path):
+    """The trainer follows the schedule (a smaller min_steps than the default, to keep the test short): 10 pairs at 8 a
+    step would take 2 steps an epoch and 3 epochs, more than max_epochs, so 4 a step for 2 epochs."""
+    settings = TrainSettings(learning_rate=1e-2, min_steps=6, max_epochs=2)
+    metrics = train_dpo(str(tiny_model_dir), card_pairs(10), settings, tmp_path / "ckpt", tmp_path / "work")
+    assert metrics["steps"] == 6 and (metrics["batch_size"], metrics["epochs"]) == (4, 2)
+
+
+def test_the_same_candidates_give_the_same_pairs_and_checkpoint():
+    """Row order does not matter; every selection and schedule setting is part of the checkpoint's identity."""
+    frame = low_reward_domain(5)
+    pairs = build_pairs(frame, TrainSettings())
+    shuffled = build_pairs(frame.sample(fraction=1.0, shuffle=True, seed=3), TrainSettings())
+    assert shuffled.equals(pairs) and checkpoint_id("base:m", TrainSettings(), shuffled) == checkpoint_id("base:m", TrainSettings(), pairs)
+    base = checkpoint_id("base:m", TrainSettings(), pairs)[0]
+    for change in ({"pairs_per_prompt": 3}, {"min_z_margin": 0.5}, {"min_chosen_z": 0.0}, {"min_steps": 0}, {"max_epochs": 2.0}):
+        assert checkpoint_id("base:m", TrainSettings(**change), pairs)[0] != base, change
 
 
 DISTINCT_PROMPTS = [

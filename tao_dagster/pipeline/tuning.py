@@ -44,7 +44,8 @@ def training_data(db: Warehouse, spec: Domain, parent: Policy, settings: TrainSe
         raise StageError(
             f"no training pairs among {rewards['prompt_id'].n_unique()} prompts scored under {parent.version} "
             f"({stale} candidates of other policies are not used): materialize candidate_responses and reward_scores "
-            f"for new partitions, lower min_chosen_reward ({settings.min_chosen_reward}) or min_margin ({settings.min_margin})"
+            f"for new partitions, or lower min_margin ({settings.min_margin}), min_z_margin ({settings.min_z_margin}), "
+            f"min_chosen_z ({settings.min_chosen_z}) or min_chosen_reward ({settings.min_chosen_reward})"
         )
     return TrainingData(rewards, pairs, stale, *checkpoint_id(parent.version, settings, pairs))
 

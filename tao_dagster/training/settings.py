@@ -1,5 +1,7 @@
 """The DPO settings, one place for their defaults and meaning: the Dagster launchpad shows the same help."""
 
+import math
+
 from pydantic import BaseModel, Field
 
 
@@ -9,15 +11,34 @@ class TrainSettings(BaseModel):
     beta: float = Field(0.1, description="DPO temperature: higher stays closer to the reference.")
     sft_weight: float = Field(1.0, description="Weight of an NLL term on the chosen answer (RPO); 0 for pure DPO.")
     learning_rate: float = Field(2e-4, description="AdamW learning rate of the LoRA weights.")
-    epochs: float = Field(1.0, description="Passes over the pairs.")
-    batch_size: int = Field(8, description="Pairs per optimiser step.")
+    epochs: float = Field(1.0, description="Passes over the pairs; more where min_steps needs them.")
+    batch_size: int = Field(8, description="Pairs per optimiser step; halved for sets too small to reach min_steps.")
+    min_steps: int = Field(
+        16,
+        ge=0,
+        description="Optimiser steps a round reaches on small data, by more epochs (up to max_epochs), then smaller batches (0: off).",
+    )
+    max_epochs: float = Field(4.0, description="Most passes min_steps may ask for: more would overfit a small set.")
     lora_r: int = Field(16, description="LoRA rank, on all linear layers.")
     lora_alpha: int = Field(32, description="LoRA scaling numerator.")
     max_length: int = Field(384, description="Longest prompt+answer in tokens; TRL truncates longer ones.")
-    min_margin: float = Field(0.1, description="Smallest reward gap between chosen and rejected.")
-    min_chosen_reward: float = Field(0.5, description="A pair's chosen answer must reach this reward.")
+    min_margin: float = Field(0.1, description="Smallest reward gap between chosen and rejected, in reward units: the noise floor.")
+    min_z_margin: float = Field(
+        1.0, description="Smallest gap between chosen and rejected in standard deviations of the prompt's own rewards."
+    )
+    min_chosen_z: float = Field(
+        0.5, description="The chosen answer (the prompt's best) must be this many of the prompt's standard deviations above its mean."
+    )
+    min_chosen_reward: float = Field(
+        0.0, description="Optional absolute floor on the chosen answer's reward (0: off); pairs are chosen relative to each prompt."
+    )
+    pairs_per_prompt: int = Field(
+        2, ge=1, description="Pairs per prompt: its best against this many clearly worse answers, those of the same form first."
+    )
     max_pairs: int = Field(
-        160, description="Cap on pairs (0: all), keeping the widest reward margins; 160 sizes a round for a 2-core CPU (about 6 min)."
+        160,
+        description="Cap on pairs (0: all), every prompt's first pair before any second, same-form pairs then widest margins first; "
+        "160 sizes a round for a 2-core CPU (about 6 min).",
     )
     precompute_ref_log_probs: bool = Field(True, description="One reference pass before training instead of one per step.")
     share_prompts: bool = Field(
@@ -30,3 +51,15 @@ class TrainSettings(BaseModel):
         5, ge=1, description="Save a resumable Trainer checkpoint every this many steps: a killed round resumes from the last one."
     )
     seed: int = 0
+
+    def schedule(self, pairs: int) -> tuple[int, float]:
+        """(batch size, epochs) that train `pairs` pairs: the largest batch, halved down to 2, that reaches min_steps
+        within max_epochs, with the fewest whole epochs that do (never fewer than `epochs`); a set too small even
+        for that trains max_epochs at the smallest batch. A function of the settings and the pairs, both in the
+        checkpoint id, so the same data trains the same way."""
+        batch, most = self.batch_size, max(self.epochs, self.max_epochs)
+        while True:
+            epochs = max(self.epochs, math.ceil(self.min_steps / max(1, math.ceil(pairs / batch))))
+            if epochs <= most or batch // 2 < 2:
+                return batch, min(epochs, most)
+            batch //= 2

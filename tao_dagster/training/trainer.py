@@ -33,16 +33,18 @@ def gpu_bf16(precision: Precision) -> bool:
     return precision.bf16 and torch.cuda.is_available()
 
 
-def dpo_config(settings: TrainSettings, precision: Precision, work_dir: Path) -> DPOConfig:
-    """TRL's configuration for the settings; the batch is split across the processes of a data-parallel launch."""
+def dpo_config(settings: TrainSettings, precision: Precision, work_dir: Path, pairs: int) -> DPOConfig:
+    """TRL's configuration for the settings and `pairs` pairs (their schedule: see TrainSettings.schedule); the batch
+    is split across the processes of a data-parallel launch."""
+    batch_size, epochs = settings.schedule(pairs)
     return DPOConfig(
         output_dir=str(work_dir),
         beta=settings.beta,
         loss_type=["sigmoid", "sft"] if settings.sft_weight else ["sigmoid"],
         loss_weights=[1.0, settings.sft_weight] if settings.sft_weight else None,
         learning_rate=settings.learning_rate,
-        num_train_epochs=settings.epochs,
-        per_device_train_batch_size=settings.batch_size // int(os.environ.get("WORLD_SIZE", "1")),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size // int(os.environ.get("WORLD_SIZE", "1")),
         max_length=settings.max_length,
         precompute_ref_log_probs=settings.precompute_ref_log_probs,
         bf16=precision.bf16,
@@ -109,7 +111,8 @@ def training_metrics(
     last = history[-1] if history else {}
     data = trainer.train_dataset
     lengths = zip(data["prompt_ids"], data["chosen_ids"], data["rejected_ids"])
-    tokens = settings.epochs * sum(2 * len(prompt) + len(chosen) + len(rejected) for prompt, chosen, rejected in lengths)
+    batch_size, epochs = settings.schedule(pairs)
+    tokens = epochs * sum(2 * len(prompt) + len(chosen) + len(rejected) for prompt, chosen, rejected in lengths)
     loss_curve = [float(h["loss"]) for h in history]
     return {
         "train_loss": sum(loss_curve) / len(loss_curve) if loss_curve else float("nan"),
@@ -119,6 +122,8 @@ def training_metrics(
         "steps": int(trainer.state.global_step),
         "resumed_from_step": int(resume.name.removeprefix("checkpoint-")) if resume else 0,
         "pairs": pairs,
+        "batch_size": batch_size,  # as scheduled for this many pairs
+        "epochs": epochs,
         "train_seconds": seconds,  # the reference pass included
         "train_tokens": int(tokens),  # prompt+chosen and prompt+rejected, times the epochs
         "tokens_per_second": tokens / seconds,
@@ -139,7 +144,7 @@ def train_process(
     start = time.perf_counter()  # the reference pass is part of training's cost
     trainer = AdaptedDPOTrainer(
         model=model,
-        args=dpo_config(settings, precision, work_dir),
+        args=dpo_config(settings, precision, work_dir, len(pairs)),
         train_dataset=pairs,
         processing_class=tokenizer,
         peft_config=lora_config(settings),
