@@ -59,12 +59,19 @@ class Tracking(BaseModel):
         self.client()  # points the mlflow module at this store
         return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=str(destination)))
 
+    def artifacts_beside_store(self) -> str | None:
+        """For a SQLite store without an artifact location, the folder beside its file, not MLflow's ./mlruns in
+        whatever directory the process runs in; None lets a server decide."""
+        if self.tracking_uri.startswith("sqlite:///"):
+            return (Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+        return None
+
     def start_run(self, run_name: str | None = None, run_id: str | None = None):
         """Start a run, or resume `run_id` to add to it."""
         import mlflow
 
         self.client()
         if mlflow.get_experiment_by_name(self.experiment) is None:
-            mlflow.create_experiment(self.experiment, artifact_location=self.artifact_location or None)
+            mlflow.create_experiment(self.experiment, artifact_location=self.artifact_location or self.artifacts_beside_store())
         mlflow.set_experiment(self.experiment)
         return mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)

@@ -144,7 +144,8 @@ class Warehouse:
     def training_prompts(self, partitions: list[str]) -> pl.DataFrame:
         """Prompts first seen in these partitions that are not held out: prompt_id, messages, first_partition."""
         return self.query(
-            "select prompt_id, messages, first_partition from prompts where not heldout and first_partition in (select unnest(?)) order by prompt_id",
+            """select prompt_id, messages, first_partition from prompts
+               where not heldout and first_partition in (select unnest(?)) order by prompt_id""",
             [partitions],
         )
 

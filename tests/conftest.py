@@ -88,7 +88,7 @@ def tiny_resources(home: Path, logs: Path, model: Path, domain_file: Path, artif
 def run_round(instance, resources, gate: bool = True, **train) -> dg.ExecuteInProcessResult:
     """tuned_checkpoint, its promotion gate (unless `gate` is false) and eval_report, with DPO settings for a
     handful of pairs."""
-    config = {"batch_size": 4, "min_chosen_reward": 0.0, "min_margin": 0.0, "max_pairs": 0, **train}
+    config = {"batch_size": 4, "min_chosen_reward": 0.0, "min_margin": 0.0, "max_pairs": 0, "min_steps": 0, **train}
     return dg.materialize(
         [*round_assets, promotion_gate] if gate else round_assets,
         instance=instance,

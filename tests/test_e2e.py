@@ -93,7 +93,11 @@ def test_all_five_assets_materialize_with_the_real_model(tiny_demo, tmp_path):
         assert again.asset_materializations_for_node("candidate_responses")[0].metadata["candidates_generated"].value == 0
 
         run_config = {
-            "ops": {"tuned_checkpoint": {"config": {"batch_size": 4, "min_chosen_reward": 0.0, "min_margin": 0.0, "max_pairs": 8}}}
+            "ops": {
+                "tuned_checkpoint": {
+                    "config": {"batch_size": 4, "min_chosen_reward": 0.0, "min_margin": 0.0, "max_pairs": 8, "min_steps": 0}
+                }
+            }
         }
         result = dg.materialize(round_assets, instance=instance, resources=tiny_demo, run_config=run_config, raise_on_error=False)
         assert result.success

@@ -43,7 +43,7 @@ def training_pairs() -> list[dict]:
 
 
 # 12 pairs, 2 per step, 2 epochs: 12 steps, a checkpoint every 2.
-TRAIN_SETTINGS = TrainSettings(batch_size=2, epochs=2, learning_rate=1e-2, save_steps=2)
+TRAIN_SETTINGS = TrainSettings(batch_size=2, epochs=2, learning_rate=1e-2, save_steps=2, min_steps=0)
 
 
 def frame(partition: str, rows: int) -> pl.DataFrame:
