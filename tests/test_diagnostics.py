@@ -5,6 +5,7 @@ import math
 import random
 
 import polars as pl
+import pytest
 
 from tao_dagster.diagnostics import answer_alarms, calibrate, candidate_alarms, per_scorer, repeats_itself, scorer_agreement, spearman
 from tao_dagster.rewards import Scored, Scorer, combine, score_frame
@@ -127,3 +128,15 @@ def test_the_alarms_inspect_the_candidate_training_chooses_on_a_tie():
     chosen = build_pairs(rewards, TrainSettings())["chosen_id"].to_list()
     assert chosen == [f"p{p}b" for p in range(10)]
     assert [a.name for a in candidate_alarms(rewards, None)] == ["repetition"]
+
+
+def test_a_domain_chooses_which_alarms_block_promotion():
+    from tao_dagster.diagnostics import Alarm
+    from tao_dagster.errors import StageError
+    from tao_dagster.pipeline.promotion import blocking_alarms
+
+    alarms = [Alarm("one_value", 0.8, 0.6, "80% answer card"), Alarm("repetition", 0.2, 0.1, "20% repeat themselves")]
+    assert blocking_alarms(alarms, {}) == [], "by default an alarm only warns"
+    assert blocking_alarms(alarms, {"block_promotion_on": ["one_value"]}) == alarms[:1]
+    with pytest.raises(StageError, match="not alarms"):
+        blocking_alarms(alarms, {"block_promotion_on": ["one_valeu"]})

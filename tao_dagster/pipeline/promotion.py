@@ -2,7 +2,9 @@
 
 import logging
 
+from tao_dagster.diagnostics import THRESHOLDS, Alarm, answer_alarms
 from tao_dagster.domain import DomainSettings
+from tao_dagster.errors import StageError
 from tao_dagster.evaluation import compare, promotion_decision
 from tao_dagster.pipeline.diagnosis import why_no_lift
 from tao_dagster.pipeline.heldout import answer_rewards, heldout_answers, heldout_prompts, pointwise_scorers
@@ -11,6 +13,16 @@ from tao_dagster.tracking import Tracking
 from tao_dagster.warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
+
+
+def blocking_alarms(alarms: list[Alarm], diagnostics: dict) -> list[Alarm]:
+    """The alarms on the candidate's gate answers that the domain lets block promotion (`diagnostics:
+    block_promotion_on: [one_value, ...]`); none by default, since an alarm asks a human to look."""
+    names = diagnostics.get("block_promotion_on", [])
+    unknown = sorted(set(names) - set(THRESHOLDS))
+    if unknown:
+        raise StageError(f"diagnostics.block_promotion_on: {unknown} are not alarms; use some of {sorted(THRESHOLDS)}")
+    return [a for a in alarms if a.name in names]
 
 
 def decide_promotion(
@@ -27,9 +39,15 @@ def decide_promotion(
     prompts = heldout_prompts(db, domain, "gate")
     references = {"base": base_policy(settings), **({"champion": champion} if champion else {})}
     models = {**references, "candidate": candidate}
-    rewards = {name: answer_rewards(heldout_answers(db, spec, settings, p, prompts), scorers) for name, p in models.items()}
+    answers = {name: heldout_answers(db, spec, settings, p, prompts) for name, p in models.items()}
+    rewards = {name: answer_rewards(frame, scorers) for name, frame in answers.items()}
     comparisons = {name: compare(rewards[name], rewards["candidate"]) for name in references}
     promote, why = promotion_decision(comparisons)
+    field, diagnostics = spec.evaluation.get("answer_field"), spec.diagnostics
+    alarms = answer_alarms(answers["base"], answers["candidate"], comparisons["base"]["diff"], field, diagnostics)
+    blocked = blocking_alarms(alarms, diagnostics)
+    if promote and blocked:
+        promote, why = False, why + "; blocked by " + "; ".join(f"the {a.name} alarm: {a.message}" for a in blocked)
     previous = champion.version if champion else references["base"].version
     tracking.tag_version(candidate.model_version, {"promotion_gate": "passed" if promote else "failed", "promotion_gate_reason": why})
     if promote:
