@@ -61,6 +61,7 @@ class Domain:
     evaluation: dict = field(default_factory=dict)
     diagnostics: dict = field(default_factory=dict)  # alarm thresholds overriding diagnostics.THRESHOLDS
     calibration: dict = field(default_factory=dict)  # {gold: CSV of prompt, response, score} judged by people
+    built_scorers: list[Scorer] = field(default_factory=list, repr=False)  # from `scorers`, by load_domain
 
     def messages(self, conversation: list[dict], template: str | None = None) -> list[dict]:
         """Put the task instruction into the last user turn (small models follow it far better there)."""
@@ -79,8 +80,9 @@ class Domain:
         return (self.path.parent / relative).resolve()
 
     def build_scorers(self) -> list[Scorer]:
-        """The domain's scorers, their file parameters resolved against the domain file's folder."""
-        return build_scorers(self.scorers, self.path.parent)
+        """The domain's scorers, their file parameters resolved against the domain file's folder: those load_domain
+        built to check them, so a stage that asks again hashes no file twice."""
+        return list(self.built_scorers)
 
 
 def load_strategies(entry: dict, plain_template: str, default_max: int) -> list[Strategy]:
@@ -125,6 +127,7 @@ def load_domain(path: str | Path) -> Domain:
             evaluation=spec.get("evaluation", {}),
             diagnostics=spec.get("diagnostics", {}),
             calibration=spec.get("calibration", {}),
+            built_scorers=scorers,
         )
     except (KeyError, TypeError) as err:
         raise ValueError(f"domain file {path}: missing or malformed setting {err}") from err

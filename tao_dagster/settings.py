@@ -49,10 +49,6 @@ def gpus() -> int:
     return int(value)
 
 
-def local_store(tracking_uri: str) -> bool:
-    return tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
-
-
 def defaults(home: Path | None = None) -> dict[str, dict]:
     """The settings of each section when no variable is set: the embedded demo, stored under the project home."""
     home = home or tao_home()
@@ -64,7 +60,7 @@ def defaults(home: Path | None = None) -> dict[str, dict]:
         "artifacts": {"location": ""},
         "flywheel": {"min_new_prompts": 50},
         "policy": {"cache_dir": str(home / "cache")},
-        "mlflow": {"tracking_uri": tracking_uri, "artifact_location": (home / "mlflow" / "artifacts").as_uri()},
+        "mlflow": {"tracking_uri": tracking_uri},  # artifacts beside a SQLite store; a server decides its own
     }
 
 
@@ -78,8 +74,6 @@ def from_environment(home: Path | None = None, overrides: dict[str, dict] | None
                 sections[section][name] = os.environ[variable]
     if "TAO_GPUS" in os.environ:
         gpus()
-    if not local_store(sections["mlflow"]["tracking_uri"]):  # a tracking server decides where artifacts go
-        sections["mlflow"]["artifact_location"] = ""
     for section, values in (overrides or {}).items():
         sections[section].update(values)
     return sections

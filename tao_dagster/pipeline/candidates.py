@@ -48,10 +48,10 @@ def plan_requests(spec: Domain, prompts: pl.DataFrame, policy_version: str, exis
     return todo
 
 
-def plan_candidates(db: Warehouse, domain: DomainSettings, policy_version: str, partitions: list[str]) -> tuple[int, list[Planned]]:
+def plan_candidates(db: Warehouse, spec: Domain, policy_version: str, partitions: list[str]) -> tuple[int, list[Planned]]:
     """(training prompts in the partitions, the candidates of theirs this policy has not generated yet)."""
     prompts = db.training_prompts(partitions)
-    return prompts.height, plan_requests(domain.load(), prompts, policy_version, db.candidate_ids(policy_version))
+    return prompts.height, plan_requests(spec, prompts, policy_version, db.candidate_ids(policy_version))
 
 
 def candidate_frame(planned: list[Planned], outputs: list[Generation], version: str, engine: str) -> pl.DataFrame:
@@ -77,33 +77,43 @@ def candidate_frame(planned: list[Planned], outputs: list[Generation], version: 
     )
 
 
+def generate_and_store(
+    db: Warehouse, table: str, settings: PolicySettings, policy: Policy, todo: list[Planned], columns: list[str] | None = None, log=logger
+) -> tuple[int, int, float]:
+    """Generate `todo` with the policy and store it in `table` (only `columns` of a candidate row, if given), chunk by
+    chunk: one transaction per chunk, so a crash keeps every chunk stored before it and the rerun generates only
+    what is still missing. Returns (generated, completion tokens, generation seconds)."""
+    generated, new_tokens, seconds = 0, 0, 0.0
+    if not todo:
+        return generated, new_tokens, seconds
+    with open_engine(policy.path, settings.engine_settings()) as engine:
+        for start in range(0, len(todo), settings.generation_chunk):
+            chunk = todo[start : start + settings.generation_chunk]
+            began = time.perf_counter()
+            outputs = engine.generate([p.request for p in chunk])
+            seconds += time.perf_counter() - began
+            frame = candidate_frame(chunk, outputs, policy.version, engine.name)
+            db.upsert(table, frame.select(columns) if columns else frame)
+            generated += frame.height
+            new_tokens += int(frame["completion_tokens"].sum())
+            log.info(f"{generated} of {len(todo)} {table} generated and stored")
+    return generated, new_tokens, seconds
+
+
 def generate_candidates(
     db: Warehouse, domain: DomainSettings, settings: PolicySettings, policy: Policy, partitions: list[str], log=logger
 ) -> dict:
-    """Generate and store the missing candidates of these partitions, chunk by chunk: one transaction per chunk,
-    so a crash keeps every chunk stored before it and the rerun generates only what is still missing."""
-    n_prompts, todo = plan_candidates(db, domain, policy.version, partitions)
+    """Generate and store the missing candidates of these partitions."""
+    spec = domain.load()
+    n_prompts, todo = plan_candidates(db, spec, policy.version, partitions)
     log.info(f"{n_prompts} prompts, {len(todo)} candidates to generate with {policy.version}")
-    generated, new_tokens, seconds = 0, 0, 0.0
-    if todo:
-        with open_engine(policy.path, settings.engine_settings()) as engine:
-            for start in range(0, len(todo), settings.generation_chunk):
-                chunk = todo[start : start + settings.generation_chunk]
-                began = time.perf_counter()
-                outputs = engine.generate([p.request for p in chunk])
-                seconds += time.perf_counter() - began
-                frame = candidate_frame(chunk, outputs, policy.version, engine.name)
-                db.upsert("candidates", frame)
-                generated += frame.height
-                new_tokens += int(frame["completion_tokens"].sum())
-                log.info(f"{generated} of {len(todo)} candidates generated and stored")
+    generated, new_tokens, seconds = generate_and_store(db, "candidates", settings, policy, todo, log=log)
     stats = db.candidate_stats(policy.version, partitions)
-    per_prompt = sum(s.samples for s in domain.load().strategies)
     return {
         "policy_version": policy.version,
         "prompts": n_prompts,
         "candidates_generated": generated,
-        "candidates_reused": n_prompts * per_prompt - generated,
+        "candidates_reused": n_prompts * sum(s.samples for s in spec.strategies) - generated,
         "generation_seconds": round(seconds, 1),
         "tokens_per_second": round(new_tokens / seconds, 1) if seconds else 0.0,
         "completion_tokens": int(stats["candidates"].dot(stats["mean_tokens"])) if stats.height else 0,

@@ -5,7 +5,7 @@ import json
 import polars as pl
 
 from tao_dagster.domain import Domain
-from tao_dagster.pipeline.scores import candidate_rewards
+from tao_dagster.pipeline.scores import policy_rewards
 from tao_dagster.warehouse import Warehouse
 
 FEW_PAIRS, FEW_STEPS = 32, 10  # below these a LoRA round on a small model rarely moves its answers
@@ -17,7 +17,7 @@ def why_no_lift(db: Warehouse, spec: Domain, checkpoint: dict) -> dict:
     """The round's training facts (prompts, pairs, steps, mean and best-of-N reward of the parent's candidates)
     and the first advice that applies to them."""
     metrics = json.loads(checkpoint["metrics"])
-    rewards = candidate_rewards(db, spec.build_scorers()).filter(pl.col("policy_version") == checkpoint["parent"])
+    rewards = policy_rewards(db, spec.build_scorers(), checkpoint["parent"])
     per_prompt = rewards.group_by("prompt_id").agg(pl.col("reward").mean().alias("mean"), pl.col("reward").max().alias("best"))
     facts = {
         "training_prompts": per_prompt.height,

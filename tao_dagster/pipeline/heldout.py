@@ -9,9 +9,10 @@ import polars as pl
 from tao_dagster.domain import Domain, DomainSettings
 from tao_dagster.errors import StageError
 from tao_dagster.generation import open_engine
-from tao_dagster.pipeline.candidates import candidate_frame, plan_requests
+from tao_dagster.pipeline.candidates import generate_and_store, plan_requests
+from tao_dagster.pipeline.scores import scored_items
 from tao_dagster.policies import Policy, PolicySettings
-from tao_dagster.rewards import Scored, Scorer, combine, score_frame
+from tao_dagster.rewards import Scorer, combine, score_frame
 from tao_dagster.training import best_candidates
 from tao_dagster.warehouse import Warehouse
 
@@ -50,8 +51,7 @@ def pointwise_scorers(scorers: list[Scorer]) -> list[Scorer]:
 
 def answer_rewards(answers: pl.DataFrame, scorers: list[Scorer]) -> np.ndarray:
     """Combined reward of each answer, in the frame's (prompt id) order."""
-    items = [Scored(pid, text, response) for pid, text, response in answers.select("prompt_id", "text", "response").iter_rows()]
-    scores = score_frame(items, answers["prompt_id"].to_list(), scorers)
+    scores = score_frame(scored_items(answers), answers["prompt_id"].to_list(), scorers)
     return combine(scores, scorers).sort("candidate_id")["reward"].to_numpy()
 
 
@@ -60,16 +60,9 @@ def best_of_n(db: Warehouse, spec: Domain, settings: PolicySettings, policy: Pol
     as for training and picked by the full reward as training picks, for measurement only (stored apart from the
     training candidates, never trained on). The frame is shaped like heldout_answers'."""
     todo = plan_requests(spec, prompts, policy.version, set(db.eval_candidates(policy.version)["candidate_id"]))
-    if todo:
-        with open_engine(policy.path, settings.engine_settings()) as llm:
-            for start in range(0, len(todo), settings.generation_chunk):
-                chunk = todo[start : start + settings.generation_chunk]
-                outputs = llm.generate([p.request for p in chunk])
-                frame = candidate_frame(chunk, outputs, policy.version, llm.name)
-                db.upsert("eval_candidates", frame.select(EVAL_CANDIDATE_COLUMNS))
+    generate_and_store(db, "eval_candidates", settings, policy, todo, EVAL_CANDIDATE_COLUMNS)
     candidates = db.eval_candidates(policy.version).join(prompts.select("prompt_id", "text"), on="prompt_id")
     scorers = spec.build_scorers()
-    items = [Scored(pid, text, response) for pid, text, response in candidates.select("prompt_id", "text", "response").iter_rows()]
-    rewards = combine(score_frame(items, candidates["candidate_id"].to_list(), scorers), scorers)
+    rewards = combine(score_frame(scored_items(candidates), candidates["candidate_id"].to_list(), scorers), scorers)
     best = best_candidates(candidates.join(rewards, on=["candidate_id", "prompt_id"]))
     return best.select("prompt_id", "response", "completion_tokens", "text").sort("prompt_id")

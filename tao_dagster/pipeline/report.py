@@ -11,7 +11,7 @@ from tao_dagster.evaluation import answer_distribution, compare, load_labels, ou
 from tao_dagster.paths import tao_home
 from tao_dagster.pipeline.diagnosis import why_no_lift
 from tao_dagster.pipeline.heldout import answer_rewards, best_of_n, heldout_answers, heldout_prompts, pointwise_scorers
-from tao_dagster.pipeline.scores import candidate_rewards
+from tao_dagster.pipeline.scores import policy_rewards
 from tao_dagster.policies import Policy, PolicySettings, base_policy, policy_of_version
 from tao_dagster.rewards import Scorer, extract_field
 from tao_dagster.storage import ArtifactStore
@@ -32,8 +32,7 @@ def labelled_check(spec: Domain, texts: list[str], answers: dict[str, list]) -> 
 def strategy_table(db: Warehouse, spec: Domain, parent: str) -> list[dict]:
     """How the parent's candidates scored per exploration strategy: which strategies the round learnt from."""
     return (
-        candidate_rewards(db, spec.build_scorers())
-        .filter(pl.col("policy_version") == parent)
+        policy_rewards(db, spec.build_scorers(), parent)
         .group_by("strategy", "sampling")
         .agg(
             pl.len().alias("candidates"),
@@ -45,7 +44,7 @@ def strategy_table(db: Warehouse, spec: Domain, parent: str) -> list[dict]:
     )
 
 
-def reward_choice_accuracy(spec: Domain, texts: list[str]) -> list | None:
+def reward_choices(spec: Domain, texts: list[str]) -> list[str] | None:
     """The reward's own zero-shot answer for each prompt, where an embedding_choice scorer scores the answer field:
     the value it would rate highest. A tuned model that merely matches it has distilled the reward's classifier."""
     field = spec.evaluation.get("answer_field")
@@ -99,7 +98,7 @@ def evaluate(
     report["answer_distribution"] = {m: answer_distribution(a) for m, a in answers.items()}
     alarms = answer_alarms(base, answered, report["diff"], field, spec.diagnostics)
     report["alarms"] = alarm_rows(alarms)
-    if answers and (choices := reward_choice_accuracy(spec, base["text"].to_list())):
+    if answers and (choices := reward_choices(spec, base["text"].to_list())):
         answers["reward_choice"] = choices
     check = labelled_check(spec, base["text"].to_list(), answers)
     if check is not None:

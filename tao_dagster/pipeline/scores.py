@@ -13,6 +13,11 @@ from tao_dagster.warehouse import Warehouse
 logger = logging.getLogger(__name__)
 
 
+def scored_items(frame: pl.DataFrame) -> list[Scored]:
+    """What the scorers read of each row of a frame with prompt_id, text (the prompt) and response."""
+    return [Scored(pid, text, response) for pid, text, response in frame.select("prompt_id", "text", "response").iter_rows()]
+
+
 def current_scores(db: Warehouse, scorers: list[Scorer], partitions: list[str] | None = None) -> pl.DataFrame:
     """Scores by the current version of each scorer, of the candidates in these partitions (all if None)."""
     current = pl.DataFrame({"scorer": [s.name for s in scorers], "scorer_version": [s.version for s in scorers]})
@@ -22,6 +27,11 @@ def current_scores(db: Warehouse, scorers: list[Scorer], partitions: list[str] |
 def candidate_rewards(db: Warehouse, scorers: list[Scorer], partitions: list[str] | None = None) -> pl.DataFrame:
     """Candidates with their combined reward under the current scorer versions (all partitions if None)."""
     return db.candidates(partitions).join(combine(current_scores(db, scorers, partitions), scorers), on=["candidate_id", "prompt_id"])
+
+
+def policy_rewards(db: Warehouse, scorers: list[Scorer], policy_version: str) -> pl.DataFrame:
+    """The rewards of one policy's candidates: what a round from that policy trains on."""
+    return candidate_rewards(db, scorers).filter(pl.col("policy_version") == policy_version)
 
 
 def score_missing(db: Warehouse, scorers: list[Scorer], partitions: list[str]) -> dict[str, int]:
@@ -35,8 +45,7 @@ def score_missing(db: Warehouse, scorers: list[Scorer], partitions: list[str]) -
         if scorer.group and todo.height:
             todo = candidates.filter(pl.col("prompt_id").is_in(todo["prompt_id"].unique().to_list()))
         if todo.height:
-            items = [Scored(pid, text, response) for pid, text, response in todo.select("prompt_id", "text", "response").iter_rows()]
-            db.upsert("scores", score_frame(items, todo["candidate_id"].to_list(), [scorer]))
+            db.upsert("scores", score_frame(scored_items(todo), todo["candidate_id"].to_list(), [scorer]))
         written[scorer.name] = todo.height
     return written
 

@@ -36,7 +36,7 @@ class TrainingData:
 
 def training_data(db: Warehouse, spec: Domain, parent: Policy, settings: TrainSettings) -> TrainingData:
     """On-policy data only: candidates of an older policy are stale for a round that starts from this one."""
-    scored = candidate_rewards(db, spec.build_scorers())
+    scored = candidate_rewards(db, spec.build_scorers())  # all policies' candidates, to count the stale ones
     rewards = scored.filter(pl.col("policy_version") == parent.version)
     stale = scored.height - rewards.height
     pairs = build_pairs(rewards, settings)
