@@ -1,13 +1,19 @@
-"""The DPO settings, one place for their defaults and meaning: the Dagster launchpad shows the same help."""
+"""The training settings, one place for their defaults and meaning: the Dagster launchpad shows the same help."""
 
 import math
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
+# sft: each prompt's best answer as the target; dpo: its best against clearly worse answers; sft+dpo: sft, then dpo
+# from it; grpo: online, the policy samples a group per prompt and the domain's scorers reward it.
+Algorithm = Literal["sft", "dpo", "sft+dpo", "grpo"]
+
 
 class TrainSettings(BaseModel):
-    """DPO with LoRA. The defaults fit one round on a 2-core CPU in a few minutes."""
+    """One round's optimisation step, with LoRA. The defaults fit one round on a 2-core CPU in a few minutes."""
 
+    algorithm: Algorithm = Field("dpo", description="sft, dpo, sft+dpo (sft then dpo from it, one checkpoint) or grpo (online).")
     beta: float = Field(0.1, description="DPO temperature: higher stays closer to the reference.")
     sft_weight: float = Field(1.0, description="Weight of an NLL term on the chosen answer (RPO); 0 for pure DPO.")
     learning_rate: float = Field(2e-4, description="AdamW learning rate of the LoRA weights.")
