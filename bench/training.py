@@ -1,6 +1,6 @@
 """DPO training: the project's DPO step against TRL's DPOTrainer in a naive configuration, on the same pairs.
 
-Both run `train_dpo` (TRL's DPOTrainer, LoRA r=16 on all linear layers, sigmoid + SFT loss, the same
+Both run `train_stage("dpo", ...)` (TRL's DPOTrainer, LoRA r=16 on all linear layers, sigmoid + SFT loss, the same
 seed, batches and learning-rate schedule) on the embedded model, in the same precision, and differ only in
 these settings:
 
@@ -34,7 +34,7 @@ from tao_dagster.domain import load_domain
 from tao_dagster.hardware import Precision, compute_precision
 from tao_dagster.models import resolve_base_model
 from tao_dagster.paths import PROJECT_ROOT
-from tao_dagster.training import TrainSettings, train_dpo
+from tao_dagster.training import TrainSettings, train_stage
 
 DEMO = PROJECT_ROOT / "assets" / "banking"
 CHOSEN = [
@@ -88,7 +88,7 @@ def main() -> None:
         for name, (precision, flags) in configs.items():
             settings = TrainSettings(batch_size=args.batch_size, max_pairs=0, **flags)
             with tempfile.TemporaryDirectory(prefix="tao-bench-training-") as work:
-                metrics = train_dpo(model, pairs, settings, Path(work) / "model", Path(work) / "trainer", precision=precision)
+                metrics = train_stage("dpo", model, pairs, settings, Path(work) / "model", Path(work) / "trainer", precision=precision)
             runs[name].append(metrics)
             print(f"repeat {repeat + 1} {name}: {metrics['tokens_per_second']:.0f} tokens/s, loss {metrics['loss_curve']}", flush=True)
 

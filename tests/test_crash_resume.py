@@ -21,7 +21,7 @@ from tao_dagster.defs.steps import TRANSIENT_RETRY
 from tao_dagster.generation import open_engine
 from tao_dagster.paths import PROJECT_ROOT
 from tao_dagster.pipeline import candidates
-from tao_dagster.training import last_saved_checkpoint, train_dpo
+from tao_dagster.training import last_saved_checkpoint, train_stage
 from tao_dagster.warehouse import Warehouse
 
 from .support.crash_worker import PARTITION, TRAIN_SETTINGS, frame, materialize, pipeline_resources, training_pairs
@@ -141,13 +141,15 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_pa
     assert not out.exists() and 0 < killed_at < 12, "the kill should land between the first checkpoint and the end"
     (work / "checkpoint-11").mkdir(exist_ok=True)  # as if a kill had cut this save short: it has no trainer_state.json
 
-    resumed = train_dpo(str(tiny_model_dir), training_pairs(), TRAIN_SETTINGS, out, work)
+    resumed = train_stage("dpo", str(tiny_model_dir), training_pairs(), TRAIN_SETTINGS, out, work)
     print(f"\ntraining: killed after step {killed_at}'s checkpoint; resumed from step {resumed['resumed_from_step']} to {resumed['steps']}")
     assert resumed["resumed_from_step"] == killed_at and resumed["steps"] == 12
     assert (out / "config.json").is_file()
     # The resumed run continues the same curve as a run never killed: same adapter, optimiser, data order and
     # reference log-probs (recomputed from the parent).
-    uninterrupted = train_dpo(str(tiny_model_dir), training_pairs(), TRAIN_SETTINGS, tmp_path / "tuned-once", tmp_path / "work-once")
+    uninterrupted = train_stage(
+        "dpo", str(tiny_model_dir), training_pairs(), TRAIN_SETTINGS, tmp_path / "tuned-once", tmp_path / "work-once"
+    )
     assert uninterrupted["resumed_from_step"] == 0
     assert resumed["loss_curve"] == pytest.approx(uninterrupted["loss_curve"], rel=1e-4)
     assert resumed["loss_curve"][-1] < resumed["loss_curve"][0]

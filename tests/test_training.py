@@ -1,7 +1,7 @@
 import polars as pl
 import pytest
 
-from tao_dagster.training import TrainSettings, build_pairs, checkpoint_id, dpo_records, share_prompts, train_dpo
+from tao_dagster.training import TrainSettings, build_pairs, checkpoint_id, dpo_records, share_prompts, train_stage
 
 
 def candidates(rows):
@@ -64,8 +64,8 @@ def test_dpo_trains_and_saves_a_merged_model(tiny_model_dir, tmp_path):
     """Real TRL DPO + LoRA on a tiny random model: the merged model loads and differs from its parent."""
     out = tmp_path / "ckpt"
     settings = TrainSettings(batch_size=2, learning_rate=1e-2, min_steps=0)  # the schedule as given: 4 pairs, 2 a step
-    metrics = train_dpo(str(tiny_model_dir), card_pairs(4), settings, out, tmp_path / "work")
-    assert metrics["steps"] == 2 and metrics["pairs"] == 4
+    metrics = train_stage("dpo", str(tiny_model_dir), card_pairs(4), settings, out, tmp_path / "work")
+    assert metrics["steps"] == 2 and metrics["examples"] == 4
     assert len(metrics["loss_curve"]) == 2
     assert_merged_and_changed(out, tiny_model_dir)
 
@@ -76,11 +76,11 @@ def test_data_parallel_training_under_accelerate(tiny_model_dir, tmp_path):
     them, so 8 pairs in batches of 4 still take 2 optimiser steps, and one merged model is saved."""
     out = tmp_path / "ckpt"
     settings = TrainSettings(batch_size=4, learning_rate=1e-2, min_steps=0)  # the schedule as given
-    metrics = train_dpo(str(tiny_model_dir), card_pairs(8), settings, out, tmp_path / "work", processes=2)
-    assert metrics["steps"] == 2 and metrics["pairs"] == 8 and len(metrics["loss_curve"]) == 2
+    metrics = train_stage("dpo", str(tiny_model_dir), card_pairs(8), settings, out, tmp_path / "work", processes=2)
+    assert metrics["steps"] == 2 and metrics["examples"] == 8 and len(metrics["loss_curve"]) == 2
     assert_merged_and_changed(out, tiny_model_dir)
     with pytest.raises(ValueError, match="batch_size 4 must be a multiple of the 3 training processes"):
-        train_dpo(str(tiny_model_dir), card_pairs(8), settings, out, tmp_path / "work", processes=3)
+        train_stage("dpo", str(tiny_model_dir), card_pairs(8), settings, out, tmp_path / "work", processes=3)
 
 
 def assert_merged_and_changed(out, parent_dir) -> None:
@@ -194,7 +194,7 @@ def test_ten_pairs_train_the_scheduled_steps(tiny_model_dir, tmp_path):
     """The trainer follows the schedule (a smaller min_steps than the default, to keep the test short): 10 pairs at 8 a
     step would take 2 steps an epoch and 3 epochs, more than max_epochs, so 4 a step for 2 epochs."""
     settings = TrainSettings(learning_rate=1e-2, min_steps=6, max_epochs=2)
-    metrics = train_dpo(str(tiny_model_dir), card_pairs(10), settings, tmp_path / "ckpt", tmp_path / "work")
+    metrics = train_stage("dpo", str(tiny_model_dir), card_pairs(10), settings, tmp_path / "ckpt", tmp_path / "work")
     assert metrics["steps"] == 6 and (metrics["batch_size"], metrics["epochs"]) == (4, 2)
 
 

@@ -14,13 +14,14 @@ LOW_CEILING = 0.3  # the best candidates themselves score this low: the scorers 
 
 
 def why_no_lift(db: Warehouse, spec: Domain, checkpoint: dict) -> dict:
-    """The round's training facts (prompts, pairs, steps, mean and best-of-N reward of the parent's candidates)
+    """The round's training facts (prompts, targets, pairs, steps, mean and best-of-N reward of the parent's candidates)
     and the first advice that applies to them."""
     metrics = json.loads(checkpoint["metrics"])
     rewards = policy_rewards(db, spec.build_scorers(), checkpoint["parent"])
     per_prompt = rewards.group_by("prompt_id").agg(pl.col("reward").mean().alias("mean"), pl.col("reward").max().alias("best"))
     facts = {
         "training_prompts": per_prompt.height,
+        "targets": int(metrics.get("targets", 0)),
         "pairs": int(metrics.get("pairs", 0)),
         "steps": int(metrics.get("steps", 0)),
         "mean_reward": float(per_prompt["mean"].mean() or 0.0),
@@ -37,10 +38,10 @@ def why_no_lift(db: Warehouse, spec: Domain, checkpoint: dict) -> dict:
             f"the candidates hardly differ (best-of-N {facts['best_of_n_reward']:.2f} against a mean of {facts['mean_reward']:.2f}): "
             "exploration finds nothing better to learn; use `strategies: auto`, sweep a categorical field, or raise temperature or samples"
         )
-    elif facts["pairs"] < FEW_PAIRS or facts["steps"] < FEW_STEPS:
+    elif max(facts["pairs"], facts["targets"]) < FEW_PAIRS or facts["steps"] < FEW_STEPS:
         advice = (
-            f"only {facts['pairs']} pairs and {facts['steps']} optimiser steps: ingest more prompts, or lower min_margin "
-            "or min_chosen_reward in the tuned_checkpoint config"
+            f"only {facts['targets']} targets, {facts['pairs']} pairs and {facts['steps']} optimiser steps: ingest more "
+            "prompts, or lower min_chosen_z, min_margin or min_chosen_reward in the tuned_checkpoint config"
         )
     else:
         advice = (

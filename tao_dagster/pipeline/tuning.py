@@ -1,5 +1,6 @@
-"""The tuned checkpoint: DPO with LoRA on each prompt's best-versus-worst candidates from the current policy,
-merged, tracked and registered in MLflow. The same parent, settings and pairs give the same checkpoint."""
+"""The tuned checkpoint: the configured algorithm (SFT on each prompt's best candidate from the current policy, DPO on
+its best-versus-worst pairs, or SFT then DPO) with LoRA, merged, tracked and registered in MLflow. The same parent,
+settings and data give the same checkpoint."""
 
 import json
 import logging
@@ -16,18 +17,19 @@ from tao_dagster.pipeline.scores import candidate_rewards
 from tao_dagster.policies import Policy, PolicySettings, checkpoint_policy, current_policy
 from tao_dagster.storage import ArtifactStore
 from tao_dagster.tracking import Tracking
-from tao_dagster.training import TrainSettings, build_pairs, checkpoint_id, dpo_records, train_dpo
+from tao_dagster.training import TrainSettings, build_pairs, checkpoint_id, dpo_records, sft_records, sft_targets, train
 from tao_dagster.warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
-ALGORITHM = "dpo-lora"
 
 
 @dataclass(frozen=True)
 class TrainingData:
-    """What a round trains on: the parent's scored candidates, their pairs, and the checkpoint they make."""
+    """What a round trains on: the parent's scored candidates, the SFT targets and DPO pairs its algorithm uses
+    (empty where it uses none), and the checkpoint they make."""
 
     rewards: pl.DataFrame
+    targets: pl.DataFrame
     pairs: pl.DataFrame
     stale: int  # candidates of other policies, left out
     checkpoint_id: str
@@ -39,15 +41,17 @@ def training_data(db: Warehouse, spec: Domain, parent: Policy, settings: TrainSe
     scored = candidate_rewards(db, spec.build_scorers())  # all policies' candidates, to count the stale ones
     rewards = scored.filter(pl.col("policy_version") == parent.version)
     stale = scored.height - rewards.height
-    pairs = build_pairs(rewards, settings)
-    if pairs.height == 0:
+    uses = settings.algorithm.split("+")
+    targets, pairs = sft_targets(rewards, settings), build_pairs(rewards, settings)
+    targets, pairs = (targets if "sft" in uses else targets.clear()), (pairs if "dpo" in uses else pairs.clear())
+    if ("sft" in uses and targets.height == 0) or ("dpo" in uses and pairs.height == 0):
         raise StageError(
-            f"no training pairs among {rewards['prompt_id'].n_unique()} prompts scored under {parent.version} "
-            f"({stale} candidates of other policies are not used): materialize candidate_responses and reward_scores "
-            f"for new partitions, or lower min_margin ({settings.min_margin}), min_z_margin ({settings.min_z_margin}), "
-            f"min_chosen_z ({settings.min_chosen_z}) or min_chosen_reward ({settings.min_chosen_reward})"
+            f"no training {'pairs' if pairs.height == 0 else 'targets'} among {rewards['prompt_id'].n_unique()} prompts scored "
+            f"under {parent.version} ({stale} candidates of other policies are not used): materialize candidate_responses "
+            f"and reward_scores for new partitions, or lower min_margin ({settings.min_margin}), min_z_margin "
+            f"({settings.min_z_margin}), min_chosen_z ({settings.min_chosen_z}) or min_chosen_reward ({settings.min_chosen_reward})"
         )
-    return TrainingData(rewards, pairs, stale, *checkpoint_id(parent.version, settings, pairs))
+    return TrainingData(rewards, targets, pairs, stale, *checkpoint_id(parent.version, settings, pairs, targets))
 
 
 def plain_prompts(spec: Domain, rewards: pl.DataFrame) -> dict[str, list[dict]]:
@@ -66,27 +70,32 @@ def train_and_register(
     log,
 ) -> dict:
     """Train the checkpoint, log and register it in MLflow and record it in the warehouse; its checkpoints row."""
-    ckpt, pairs = data.checkpoint_id, data.pairs
+    ckpt, pairs, algorithm = data.checkpoint_id, data.pairs, settings.algorithm
     out_dir, work_dir = tao_home() / "checkpoints" / ckpt, tao_home() / "work" / ckpt  # work: Trainer checkpoints, until recorded
-    records = dpo_records(pairs, plain_prompts(spec, data.rewards))
+    prompts = plain_prompts(spec, data.rewards)
+    records = {"sft": sft_records(data.targets, prompts), "dpo": dpo_records(pairs, prompts)}
     precision = compute_precision()
-    log.info(f"training {ckpt} on {len(records)} pairs from {parent.path} in {precision.dtype} ({precision.reason})")
-    with tracking.start_run(run_name=f"dpo-{ckpt}") as run:
+    log.info(
+        f"training {ckpt} ({algorithm}) on {data.targets.height} targets and {pairs.height} pairs from {parent.path} "
+        f"in {precision.dtype} ({precision.reason})"
+    )
+    with tracking.start_run(run_name=f"{algorithm}-{ckpt}") as run:
         import mlflow
 
-        params = {"parent": parent.version, "algorithm": ALGORITHM, "data_hash": data.data_hash, "pairs": pairs.height, "domain": spec.name}
-        mlflow.log_params({**settings.model_dump(), **params, **precision.metadata()})
-        metrics = train_dpo(parent.path, records, settings, out_dir, work_dir, policy.train_processes, precision)
+        params = {"parent": parent.version, "data_hash": data.data_hash, "pairs": pairs.height, "targets": data.targets.height}
+        mlflow.log_params({**settings.model_dump(), **params, "domain": spec.name, **precision.metadata()})
+        metrics = train(parent.path, records, settings, out_dir, work_dir, policy.train_processes, precision)
         for step, loss in enumerate(metrics["loss_curve"], start=1):
             mlflow.log_metric("train_loss", loss, step=step)
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})  # not the curve or the precision
         mlflow.log_dict(pairs.head(50).to_dicts(), "pairs_sample.json")
+        mlflow.log_dict(data.targets.head(50).to_dicts(), "targets_sample.json")
         mlflow.log_artifacts(str(out_dir), artifact_path="model")
         run_id, model_version = run.info.run_id, tracking.register(run)
     row = {
         "checkpoint_id": ckpt,
         "parent": parent.version,
-        "algorithm": ALGORITHM,
+        "algorithm": algorithm,
         "config": settings.model_dump_json(),
         "data_hash": data.data_hash,
         "path": str(out_dir),
@@ -109,7 +118,7 @@ def tune(
     log=logger,
 ) -> tuple[Policy, dict]:
     """Train the current policy on its own scored candidates, or reuse the checkpoint already trained on exactly
-    these pairs; a killed run of it resumes from its last Trainer checkpoint. Returns (the checkpoint, a summary)."""
+    this data; a killed run of it resumes from its last Trainer checkpoint. Returns (the checkpoint, a summary)."""
     spec = domain.load()
     parent = current_policy(db, policy, tracking)
     data = training_data(db, spec, parent, settings)
@@ -117,7 +126,7 @@ def tune(
     ckpt, pairs, out_dir = data.checkpoint_id, data.pairs, tao_home() / "checkpoints" / data.checkpoint_id
     row = db.checkpoint(ckpt)
     if row and (out_dir / "config.json").is_file():
-        log.info(f"checkpoint {ckpt} already trained on exactly these pairs: reusing it")
+        log.info(f"checkpoint {ckpt} already trained on exactly this data: reusing it")
     else:
         row = train_and_register(db, spec, parent, data, settings, policy, tracking, log)
     metrics = json.loads(row["metrics"])
@@ -127,12 +136,18 @@ def tune(
         "parent": parent.version,
         "path": out_dir,
         **({"published": published} if published else {}),
+        "algorithm": settings.algorithm,
+        "targets": data.targets.height,
         "pairs": pairs.height,
         "stale_candidates_left_out": data.stale,
-        "mean_chosen_reward": float(pairs["chosen_reward"].mean()),
-        "mean_rejected_reward": float(pairs["rejected_reward"].mean()),
+        **({"mean_target_reward": float(data.targets["reward"].mean())} if data.targets.height else {}),
+        **(
+            {"mean_chosen_reward": float(pairs["chosen_reward"].mean()), "mean_rejected_reward": float(pairs["rejected_reward"].mean())}
+            if pairs.height
+            else {}
+        ),
         "train_loss": metrics["train_loss"],
-        "final_reward_accuracy": metrics["final_reward_accuracy"],
+        **({"final_reward_accuracy": metrics["final_reward_accuracy"]} if pairs.height else {}),
         "steps": metrics["steps"],
         "resumed_from_step": metrics.get("resumed_from_step", 0),
         "train_seconds": round(metrics["train_seconds"], 1),

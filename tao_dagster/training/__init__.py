@@ -1,14 +1,23 @@
-"""Bake the best candidates into the weights: best-versus-worst pairs per prompt and TRL DPO with LoRA.
+"""Bake the best candidates into the weights: SFT on each prompt's best, DPO on best-versus-worst pairs, or both,
+with TRL and LoRA.
 
-pairs: what a round teaches; settings: the DPO settings; dpo: how it trains (in process or data-parallel);
+pairs: what a round teaches; settings: the training settings; run: how it trains (stages, in process or data-parallel);
 fast_forward: the forwards that make it cheaper; trainer: the training process itself, which alone imports
 torch and TRL at the top, so importing this package stays light.
 """
 
-from tao_dagster.training.dpo import launch_data_parallel, train_dpo
 from tao_dagster.training.fast_forward import LOGIT_TRANSFORMS, VOCAB_CHUNK, add_lora_in_fp32, share_prompts, untested_trl
-from tao_dagster.training.pairs import NOT_IN_CHECKPOINT_ID, best_candidates, build_pairs, checkpoint_id, dpo_records
+from tao_dagster.training.pairs import (
+    NOT_IN_CHECKPOINT_ID,
+    best_candidates,
+    build_pairs,
+    checkpoint_id,
+    dpo_records,
+    sft_records,
+    sft_targets,
+)
 from tao_dagster.training.resume import last_saved_checkpoint
+from tao_dagster.training.run import launch_data_parallel, train, train_stage
 from tao_dagster.training.settings import TrainSettings
 
 __all__ = [
@@ -23,7 +32,10 @@ __all__ = [
     "dpo_records",
     "last_saved_checkpoint",
     "launch_data_parallel",
+    "sft_records",
+    "sft_targets",
     "share_prompts",
-    "train_dpo",
+    "train",
+    "train_stage",
     "untested_trl",
 ]

@@ -1,5 +1,5 @@
-"""What a round teaches: each prompt's best candidate against the candidates clearly worse than it, their checkpoint
-identity and TRL's records of them.
+"""What a round teaches: each prompt's best candidate (SFT's target), that against the candidates clearly worse than it
+(DPO's pairs), their checkpoint identity and TRL's records of them.
 
 Pairs are chosen relative to each prompt (its own reward mean and spread), not by an absolute reward floor, so a
 domain whose rewards are all low still learns from its better answers. Among a prompt's worse answers, those of the
@@ -48,42 +48,62 @@ def answer_shape(response: str) -> str:
     return ("json:" if alone else "json in text:") + ",".join(sorted(obj))
 
 
+def with_prompt_stats(candidates: pl.DataFrame) -> pl.DataFrame:
+    """Each candidate's z-score within its prompt, over the candidates given (the parent's own, not combine's
+    `reward_z`, which counts every policy's candidates of the prompt), its form and its length."""
+    reward = pl.col("reward")
+    return candidates.with_columns(
+        z=(reward - reward.mean().over("prompt_id")) / (reward.std(ddof=0).over("prompt_id") + 1e-6),
+        shape=pl.col("response").map_elements(answer_shape, return_dtype=pl.String),
+        chars=pl.col("response").str.len_chars(),
+    )
+
+
+def clear_best(scored: pl.DataFrame, settings: TrainSettings) -> pl.DataFrame:
+    """Each prompt's best candidate where it stands out from the prompt's others (min_chosen_z) and passes the
+    optional absolute floor: the answers a round learns from."""
+    best = best_candidates(scored)
+    return best.filter((pl.col("z") >= settings.min_chosen_z) & (pl.col("reward") >= settings.min_chosen_reward))
+
+
+def sft_targets(candidates: pl.DataFrame, settings: TrainSettings) -> pl.DataFrame:
+    """Rejection sampling's data: each prompt's clear best candidate (prompt_id, candidate_id, response, reward)."""
+    targets = clear_best(with_prompt_stats(candidates), settings)
+    return targets.sort("prompt_id").select("prompt_id", "candidate_id", "response", "reward")
+
+
 def build_pairs(candidates: pl.DataFrame, settings: TrainSettings) -> pl.DataFrame:
     """Up to `pairs_per_prompt` (chosen, rejected) pairs per prompt: its best candidate against candidates clearly
     worse for that prompt, those of the same form as the best first, then the widest margins; `max_pairs` then keeps
     every prompt's first pair before any prompt's second, and within each of those, pairs of the same form first,
     then the widest margins.
 
-    `candidates` needs prompt_id, candidate_id, response, reward; ties are broken as in `best_candidates`. The
-    per-prompt z-score is taken over the candidates given (the parent's own), not combine's `reward_z`, which
-    counts every policy's candidates of the prompt.
+    `candidates` needs prompt_id, candidate_id, response, reward; ties are broken as in `best_candidates`.
     """
-    reward = pl.col("reward")
-    scored = candidates.with_columns(
-        z=(reward - reward.mean().over("prompt_id")) / (reward.std(ddof=0).over("prompt_id") + 1e-6),
-        shape=pl.col("response").map_elements(answer_shape, return_dtype=pl.String),
-        chars=pl.col("response").str.len_chars(),
-    )
-    best = best_candidates(scored).filter((pl.col("z") >= settings.min_chosen_z) & (reward >= settings.min_chosen_reward))
-    pairs = best.select(
-        "prompt_id",
-        pl.col("candidate_id").alias("chosen_id"),
-        pl.col("response").alias("chosen"),
-        pl.col("reward").alias("chosen_reward"),
-        pl.col("z").alias("chosen_z"),
-        pl.col("shape").alias("chosen_shape"),
-        pl.col("chars").alias("chosen_chars"),
-    ).join(
-        scored.select(
+    scored = with_prompt_stats(candidates)
+    pairs = (
+        clear_best(scored, settings)
+        .select(
             "prompt_id",
-            pl.col("candidate_id").alias("rejected_id"),
-            pl.col("response").alias("rejected"),
-            pl.col("reward").alias("rejected_reward"),
-            "z",
-            "shape",
-            "chars",
-        ),
-        on="prompt_id",
+            pl.col("candidate_id").alias("chosen_id"),
+            pl.col("response").alias("chosen"),
+            pl.col("reward").alias("chosen_reward"),
+            pl.col("z").alias("chosen_z"),
+            pl.col("shape").alias("chosen_shape"),
+            pl.col("chars").alias("chosen_chars"),
+        )
+        .join(
+            scored.select(
+                "prompt_id",
+                pl.col("candidate_id").alias("rejected_id"),
+                pl.col("response").alias("rejected"),
+                pl.col("reward").alias("rejected_reward"),
+                "z",
+                "shape",
+                "chars",
+            ),
+            on="prompt_id",
+        )
     )
     margin = pl.col("chosen_reward") - pl.col("rejected_reward")
     lengths = pl.max_horizontal("chosen_chars", "chars") / pl.max_horizontal(pl.min_horizontal("chosen_chars", "chars"), 1)
@@ -100,17 +120,28 @@ def build_pairs(candidates: pl.DataFrame, settings: TrainSettings) -> pl.DataFra
     return pairs.sort("prompt_id", "rank").select(columns)
 
 
-def checkpoint_id(parent: str, settings: TrainSettings, pairs: pl.DataFrame) -> tuple[str, str]:
-    """(checkpoint id, data hash): the same parent, config and pairs give the same checkpoint."""
-    data = "\n".join(f"{a}:{b}:{c}" for a, b, c in pairs.select("prompt_id", "chosen_id", "rejected_id").iter_rows())
-    data_hash = hashlib.sha256(data.encode()).hexdigest()[:16]
+def checkpoint_id(parent: str, settings: TrainSettings, pairs: pl.DataFrame, targets: pl.DataFrame | None = None) -> tuple[str, str]:
+    """(checkpoint id, data hash): the same parent, config (the algorithm in it), pairs and SFT targets give the
+    same checkpoint."""
+    data = [f"{p}:{c}:{r}" for p, c, r in pairs.select("prompt_id", "chosen_id", "rejected_id").iter_rows()]
+    if targets is not None:
+        data += [f"{p}:{c}" for p, c in targets.select("prompt_id", "candidate_id").iter_rows()]
+    data_hash = hashlib.sha256("\n".join(data).encode()).hexdigest()[:16]
     config = settings.model_dump(exclude=NOT_IN_CHECKPOINT_ID)
-    spec = json.dumps({"parent": parent, "algorithm": "dpo-lora", "config": config, "data": data_hash}, sort_keys=True)
+    spec = json.dumps({"parent": parent, "config": config, "data": data_hash}, sort_keys=True)
     return hashlib.sha256(spec.encode()).hexdigest()[:12], data_hash
 
 
+def sft_records(targets: pl.DataFrame, plain_prompts: dict[str, list[dict]]) -> list[dict]:
+    """TRL conversational prompt-completion records of `targets` (prompt_id, response), prompts as in dpo_records."""
+    return [
+        {"prompt": plain_prompts[pid], "completion": [{"role": "assistant", "content": response}]}
+        for pid, response in targets.select("prompt_id", "response").iter_rows()
+    ]
+
+
 def dpo_records(pairs: pl.DataFrame, plain_prompts: dict[str, list[dict]]) -> list[dict]:
-    """TRL conversational records of `pairs` (prompt_id, chosen, rejected) for `train_dpo`, each prompt the plain
+    """TRL conversational records of `pairs` (prompt_id, chosen, rejected) for DPO, each prompt the plain
     messages `plain_prompts` maps its prompt_id to: the prompt as served, not the scaffolding that explored it."""
     return [
         {

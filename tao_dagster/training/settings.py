@@ -17,7 +17,10 @@ class TrainSettings(BaseModel):
     beta: float = Field(0.1, description="DPO temperature: higher stays closer to the reference.")
     sft_weight: float = Field(1.0, description="Weight of an NLL term on the chosen answer (RPO); 0 for pure DPO.")
     learning_rate: float = Field(2e-4, description="AdamW learning rate of the LoRA weights.")
-    epochs: float = Field(1.0, description="Passes over the pairs; more where min_steps needs them.")
+    epochs: float = Field(1.0, description="Passes of DPO over the pairs; more where min_steps needs them.")
+    sft_epochs: float = Field(
+        2.0, description="Passes of SFT (sft, and sft+dpo's warm start) over the targets; more where min_steps needs them."
+    )
     batch_size: int = Field(8, description="Pairs per optimiser step; halved for sets too small to reach min_steps.")
     min_steps: int = Field(
         16,
@@ -58,14 +61,15 @@ class TrainSettings(BaseModel):
     )
     seed: int = 0
 
-    def schedule(self, pairs: int) -> tuple[int, float]:
-        """(batch size, epochs) that train `pairs` pairs: the largest batch, halved down to 2, that reaches min_steps
-        within max_epochs, with the fewest whole epochs that do (never fewer than `epochs`); a set too small even
-        for that trains max_epochs at the smallest batch. A function of the settings and the pairs, both in the
-        checkpoint id, so the same data trains the same way."""
-        batch, most = self.batch_size, max(self.epochs, self.max_epochs)
+    def schedule(self, examples: int, stage: str = "dpo") -> tuple[int, float]:
+        """(batch size, epochs) that train `examples` records of `stage` (sft or dpo): the largest batch, halved down
+        to 2, that reaches min_steps within max_epochs, with the fewest whole epochs that do (never fewer than the
+        stage's own epochs); a set too small even for that trains max_epochs at the smallest batch. A function of
+        the settings and the data, both in the checkpoint id, so the same data trains the same way."""
+        least = self.sft_epochs if stage == "sft" else self.epochs
+        batch, most = self.batch_size, max(least, self.max_epochs)
         while True:
-            epochs = max(self.epochs, math.ceil(self.min_steps / max(1, math.ceil(pairs / batch))))
+            epochs = max(least, math.ceil(self.min_steps / max(1, math.ceil(examples / batch))))
             if epochs <= most or batch // 2 < 2:
                 return batch, min(epochs, most)
             batch //= 2

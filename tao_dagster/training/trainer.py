@@ -1,8 +1,7 @@
-"""One DPO training process: TRL's DPOTrainer with LoRA, adapted by fast_forward, its merged model saved whole.
+"""One training process: TRL's SFTTrainer or DPOTrainer (adapted by fast_forward) with LoRA, its merged model saved whole.
 
-Imports torch, TRL, PEFT and transformers at the top, so only the training process loads it (train_dpo does
-in its own process; `python -m tao_dagster.training.trainer <job.json>` is each process of a data-parallel
-launch).
+Imports torch, TRL, PEFT and transformers at the top, so only the training process loads it (`train` runs it in
+its own process; `python -m tao_dagster.training.trainer <job.json>` is each process of a data-parallel launch).
 """
 
 import json
@@ -17,7 +16,7 @@ import torch
 from datasets import Dataset, load_from_disk
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import DPOConfig, DPOTrainer
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from tao_dagster.hardware import Precision
 from tao_dagster.training.fast_forward import add_lora_in_fp32, share_prompts
@@ -33,20 +32,16 @@ def gpu_bf16(precision: Precision) -> bool:
     return precision.bf16 and torch.cuda.is_available()
 
 
-def dpo_config(settings: TrainSettings, precision: Precision, work_dir: Path, pairs: int) -> DPOConfig:
-    """TRL's configuration for the settings and `pairs` pairs (their schedule: see TrainSettings.schedule); the batch
-    is split across the processes of a data-parallel launch."""
-    batch_size, epochs = settings.schedule(pairs)
-    return DPOConfig(
+def trainer_args(stage: str, settings: TrainSettings, precision: Precision, work_dir: Path, examples: int) -> dict:
+    """What SFT and DPO configure alike, for `examples` records (their schedule: see TrainSettings.schedule); the
+    batch is split across the processes of a data-parallel launch."""
+    batch_size, epochs = settings.schedule(examples, stage)
+    return dict(
         output_dir=str(work_dir),
-        beta=settings.beta,
-        loss_type=["sigmoid", "sft"] if settings.sft_weight else ["sigmoid"],
-        loss_weights=[1.0, settings.sft_weight] if settings.sft_weight else None,
         learning_rate=settings.learning_rate,
         num_train_epochs=epochs,
         per_device_train_batch_size=batch_size // int(os.environ.get("WORLD_SIZE", "1")),
         max_length=settings.max_length,
-        precompute_ref_log_probs=settings.precompute_ref_log_probs,
         bf16=precision.bf16,
         gradient_checkpointing=settings.gradient_checkpointing,
         lr_scheduler_type="cosine",
@@ -63,10 +58,35 @@ def dpo_config(settings: TrainSettings, precision: Precision, work_dir: Path, pa
     )
 
 
+def dpo_config(settings: TrainSettings, precision: Precision, work_dir: Path, pairs: int) -> DPOConfig:
+    return DPOConfig(
+        **trainer_args("dpo", settings, precision, work_dir, pairs),
+        beta=settings.beta,
+        loss_type=["sigmoid", "sft"] if settings.sft_weight else ["sigmoid"],
+        loss_weights=[1.0, settings.sft_weight] if settings.sft_weight else None,
+        precompute_ref_log_probs=settings.precompute_ref_log_probs,
+    )
+
+
+def sft_config(settings: TrainSettings, precision: Precision, work_dir: Path, targets: int) -> SFTConfig:
+    """Loss on the answer only (TRL's default for prompt-completion records): the prompt is given, not learnt."""
+    return SFTConfig(**trainer_args("sft", settings, precision, work_dir, targets), completion_only_loss=True)
+
+
 def lora_config(settings: TrainSettings) -> LoraConfig:
     return LoraConfig(
         r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
     )
+
+
+class AdaptedSFTTrainer(SFTTrainer):
+    """SFTTrainer whose LoRA sums run in fp32 under CPU bf16 autocast, as DPO's do (one sequence per record: no prompt
+    to share, no reference pass to save)."""
+
+    def __init__(self, *args, precision: Precision, **kwargs):
+        super().__init__(*args, **kwargs)
+        if precision.bf16 and not gpu_bf16(precision):
+            add_lora_in_fp32(self.model)
 
 
 class AdaptedDPOTrainer(DPOTrainer):
@@ -90,7 +110,7 @@ class AdaptedDPOTrainer(DPOTrainer):
         return super()._precompute_ref_logps(*args, **kwargs)
 
 
-def save_merged(trainer: DPOTrainer, tokenizer, out_dir: Path, precision: Precision) -> None:
+def save_merged(trainer, tokenizer, out_dir: Path, precision: Precision) -> None:
     """Merge the LoRA weights and save a standalone model in `precision`, replacing `out_dir` only once it is
     complete, so a kill never leaves a half-written checkpoint where the next round looks."""
     merged = trainer.model.merge_and_unload().to(precision.torch_dtype())
@@ -102,17 +122,23 @@ def save_merged(trainer: DPOTrainer, tokenizer, out_dir: Path, precision: Precis
     tmp.rename(out_dir)
 
 
+def trained_tokens(stage: str, data: Dataset) -> int:
+    """Tokens one epoch runs through the model: prompt+answer per SFT record, prompt+chosen and prompt+rejected per pair."""
+    if stage == "sft":
+        return sum(len(ids) for ids in data["input_ids"])
+    lengths = zip(data["prompt_ids"], data["chosen_ids"], data["rejected_ids"])
+    return sum(2 * len(prompt) + len(chosen) + len(rejected) for prompt, chosen, rejected in lengths)
+
+
 def training_metrics(
-    trainer: DPOTrainer, pairs: int, settings: TrainSettings, precision: Precision, seconds: float, resume: Path | None
+    stage: str, trainer, examples: int, settings: TrainSettings, precision: Precision, seconds: float, resume: Path | None
 ) -> dict:
-    """The run's metrics from the Trainer's log, which holds every step, those before a resume included; `pairs`
-    counts those given, TRL leaving out any whose prompt alone fills max_length."""
+    """The run's metrics from the Trainer's log, which holds every step, those before a resume included; `examples`
+    counts the records given, TRL leaving out any whose prompt alone fills max_length."""
     history = [h for h in trainer.state.log_history if "loss" in h]
     last = history[-1] if history else {}
-    data = trainer.train_dataset
-    lengths = zip(data["prompt_ids"], data["chosen_ids"], data["rejected_ids"])
-    batch_size, epochs = settings.schedule(pairs)
-    tokens = epochs * sum(2 * len(prompt) + len(chosen) + len(rejected) for prompt, chosen, rejected in lengths)
+    batch_size, epochs = settings.schedule(examples, stage)
+    tokens = epochs * trained_tokens(stage, trainer.train_dataset)
     loss_curve = [float(h["loss"]) for h in history]
     return {
         "train_loss": sum(loss_curve) / len(loss_curve) if loss_curve else float("nan"),
@@ -121,11 +147,11 @@ def training_metrics(
         "final_reward_margin": float(last.get("rewards/margins", float("nan"))),
         "steps": int(trainer.state.global_step),
         "resumed_from_step": int(resume.name.removeprefix("checkpoint-")) if resume else 0,
-        "pairs": pairs,
-        "batch_size": batch_size,  # as scheduled for this many pairs
+        "examples": examples,
+        "batch_size": batch_size,  # as scheduled for this many records
         "epochs": epochs,
         "train_seconds": seconds,  # the reference pass included
-        "train_tokens": int(tokens),  # prompt+chosen and prompt+rejected, times the epochs
+        "train_tokens": int(tokens),  # times the epochs
         "tokens_per_second": tokens / seconds,
         "loss_curve": loss_curve,
         "precision": precision.dtype,
@@ -133,23 +159,28 @@ def training_metrics(
 
 
 def train_process(
-    model_path: str, pairs: Dataset, settings: TrainSettings, out_dir: Path, work_dir: Path, precision: Precision
+    stage: str, model_path: str, data: Dataset, settings: TrainSettings, out_dir: Path, work_dir: Path, precision: Precision
 ) -> dict | None:
-    """One training process; in a data-parallel launch only the first process saves and returns the metrics."""
+    """One training process of `stage` (sft: `data` are prompt-completion records; dpo: preference pairs); in a
+    data-parallel launch only the first process saves and returns the metrics."""
     torch.manual_seed(settings.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if gpu_bf16(precision) else torch.float32)
     start = time.perf_counter()  # the reference pass is part of training's cost
-    trainer = AdaptedDPOTrainer(
+    if stage == "sft":
+        trainer_class, args, adapt = AdaptedSFTTrainer, sft_config(settings, precision, work_dir, len(data)), {}
+    else:
+        trainer_class, args, adapt = AdaptedDPOTrainer, dpo_config(settings, precision, work_dir, len(data)), {"settings": settings}
+    trainer = trainer_class(
         model=model,
-        args=dpo_config(settings, precision, work_dir, len(pairs)),
-        train_dataset=pairs,
+        args=args,
+        train_dataset=data,
         processing_class=tokenizer,
         peft_config=lora_config(settings),
-        settings=settings,
         precision=precision,
+        **adapt,
     )
     resume = last_saved_checkpoint(work_dir)
     if resume:
@@ -159,15 +190,16 @@ def train_process(
     if not trainer.accelerator.is_main_process:
         return None
     save_merged(trainer, tokenizer, out_dir, precision)
-    return training_metrics(trainer, len(pairs), settings, precision, seconds, resume)
+    return training_metrics(stage, trainer, len(data), settings, precision, seconds, resume)
 
 
 def main(job_file: str) -> None:
-    """Entry point of each process of a data-parallel launch: the job and pairs dpo.launch_data_parallel wrote."""
+    """Entry point of each process of a data-parallel launch: the job and records launch_data_parallel wrote."""
     work_dir = Path(job_file).parent
     job = json.loads(Path(job_file).read_text())
     settings, precision = TrainSettings(**job["settings"]), Precision(**job["precision"])
-    metrics = train_process(job["model_path"], load_from_disk(work_dir / "pairs"), settings, Path(job["out_dir"]), work_dir, precision)
+    data = load_from_disk(work_dir / "records")
+    metrics = train_process(job["stage"], job["model_path"], data, settings, Path(job["out_dir"]), work_dir, precision)
     if metrics is not None:
         (work_dir / "metrics.json").write_text(json.dumps(metrics))
 

@@ -11,7 +11,7 @@ import polars as pl
 from tao_dagster.defs.candidates.assets import candidate_responses
 from tao_dagster.defs.partitions import log_files
 from tao_dagster.defs.resources import default_resources
-from tao_dagster.training import TrainSettings, train_dpo
+from tao_dagster.training import TrainSettings, train_stage
 from tao_dagster.warehouse import Warehouse
 
 PARTITION = "day1.csv"
@@ -55,7 +55,7 @@ def generate(home: str, model_dir: str, domain_file: str, generation_chunk: str)
 
 
 def train(model_dir: str, out_dir: str, work_dir: str) -> None:
-    train_dpo(model_dir, training_pairs(), TRAIN_SETTINGS, Path(out_dir), Path(work_dir))
+    train_stage("dpo", model_dir, training_pairs(), TRAIN_SETTINGS, Path(out_dir), Path(work_dir))
 
 
 def write(path: str, committed_rows: str, killed_rows: str) -> None:

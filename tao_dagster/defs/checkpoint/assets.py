@@ -1,4 +1,4 @@
-"""tuned_checkpoint: DPO with LoRA on best-versus-worst pairs, merged, tracked and registered in MLflow."""
+"""tuned_checkpoint: the configured algorithm (sft, dpo, sft+dpo) with LoRA, merged, tracked and registered in MLflow."""
 
 import dagster as dg
 
@@ -14,7 +14,7 @@ from tao_dagster.warehouse import Warehouse
 
 
 class TuneConfig(dg.Config, TrainSettings):
-    """DPO settings, editable in the launchpad (see TrainSettings for each field's meaning)."""
+    """Training settings, the algorithm among them, editable in the launchpad (see TrainSettings for each field's meaning)."""
 
 
 @dg.asset(
@@ -23,10 +23,11 @@ class TuneConfig(dg.Config, TrainSettings):
     kinds={"pytorch", "mlflow"},
     retry_policy=TRANSIENT_RETRY,
     op_tags=gpu_step(),
-    description="The current policy (champion, else base) tuned with TRL DPO + LoRA on each training prompt's "
-    "best-versus-worst candidates from that policy, with the plain prompt (no exploration scaffolding). LoRA merged, "
+    description="The current policy (champion, else base) tuned with TRL and LoRA on its own scored candidates: SFT on "
+    "each training prompt's best, DPO on best-versus-worst pairs, or SFT then DPO (the `algorithm` setting), always "
+    "with the plain prompt (no exploration scaffolding). LoRA merged, "
     "saved as a standalone model, logged and registered in MLflow; the promotion gate decides whether it becomes the "
-    "champion. Same parent, settings and pairs give the same checkpoint, which is reused; a killed or failed run of it "
+    "champion. Same parent, settings and data give the same checkpoint, which is reused; a killed or failed run of it "
     "resumes from its last Trainer checkpoint.",
 )
 @stage_step
