@@ -25,7 +25,7 @@ def test_sft_targets_are_each_prompt_clear_best():
     targets = sft_targets(frame, TrainSettings())
     assert targets.select("prompt_id", "candidate_id").rows() == [("p1", "a"), ("p3", "f")]
     assert sft_targets(frame, TrainSettings(min_chosen_reward=0.5))["candidate_id"].to_list() == ["a"]
-    plain = {"p1": PROMPT, "p3": PROMPT}
+    plain = {"p1": (PROMPT, None), "p3": (PROMPT, None)}
     assert sft_records(targets, plain)[0] == {"prompt": PROMPT, "completion": [{"role": "assistant", "content": "good"}]}
 
 

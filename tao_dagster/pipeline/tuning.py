@@ -13,6 +13,7 @@ from tao_dagster.domain import Domain, DomainSettings
 from tao_dagster.errors import StageError
 from tao_dagster.hardware import compute_precision
 from tao_dagster.paths import tao_home
+from tao_dagster.pipeline.candidates import PRODUCTION
 from tao_dagster.pipeline.scores import candidate_rewards
 from tao_dagster.policies import Policy, PolicySettings, checkpoint_policy, current_policy
 from tao_dagster.storage import ArtifactStore
@@ -40,7 +41,9 @@ def training_data(db: Warehouse, spec: Domain, parent: Policy, settings: TrainSe
     """On-policy data only: candidates of an older policy are stale for a round that starts from this one."""
     scored = candidate_rewards(db, spec.build_scorers())  # all policies' candidates, to count the stale ones
     rewards = scored.filter(pl.col("policy_version") == parent.version)
-    stale = scored.height - rewards.height
+    # Production's replies are left out too (another model's answers to the application's own prompt), but they
+    # are not stale candidates, so not counted as such.
+    stale = scored.filter(pl.col("strategy") != PRODUCTION).height - rewards.height
     uses = settings.algorithm.split("+")
     targets, pairs = sft_targets(rewards, settings), build_pairs(rewards, settings)
     targets, pairs = (targets if "sft" in uses else targets.clear()), (pairs if "dpo" in uses else pairs.clear())
@@ -54,9 +57,11 @@ def training_data(db: Warehouse, spec: Domain, parent: Policy, settings: TrainSe
     return TrainingData(rewards, targets, pairs, stale, *checkpoint_id(parent.version, settings, pairs, targets))
 
 
-def plain_prompts(spec: Domain, rewards: pl.DataFrame) -> dict[str, list[dict]]:
-    """Each prompt as served: the plain prompt, never the exploration scaffolding its candidates came from."""
-    return {pid: spec.messages(json.loads(m)) for pid, m in rewards.select("prompt_id", "messages").unique("prompt_id").iter_rows()}
+def plain_prompts(spec: Domain, rewards: pl.DataFrame) -> dict[str, tuple[list[dict], list[dict] | None]]:
+    """Each prompt as served, with the tools production offered: the plain prompt, never the exploration scaffolding
+    its candidates came from."""
+    prompts = rewards.select("prompt_id", "messages", "tools").unique("prompt_id")
+    return {pid: (spec.messages(json.loads(m)), json.loads(t or "null")) for pid, m, t in prompts.iter_rows()}
 
 
 def train_and_register(

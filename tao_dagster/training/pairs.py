@@ -132,22 +132,30 @@ def checkpoint_id(parent: str, settings: TrainSettings, pairs: pl.DataFrame, tar
     return hashlib.sha256(spec.encode()).hexdigest()[:12], data_hash
 
 
-def sft_records(targets: pl.DataFrame, plain_prompts: dict[str, list[dict]]) -> list[dict]:
-    """TRL conversational prompt-completion records of `targets` (prompt_id, response), prompts as in dpo_records."""
-    return [
-        {"prompt": plain_prompts[pid], "completion": [{"role": "assistant", "content": response}]}
-        for pid, response in targets.select("prompt_id", "response").iter_rows()
-    ]
+def with_prompts(answers: list[tuple[str, dict]], plain_prompts: dict[str, tuple[list[dict], list[dict] | None]]) -> list[dict]:
+    """TRL conversational records: each (prompt_id, answer fields) with the plain messages `plain_prompts` maps the
+    prompt to (the prompt as served, not the scaffolding that explored it). When any prompt has tool definitions,
+    every record has TRL's `tools` field (JSON text, None without)."""
+    with_tools = any(plain_prompts[pid][1] for pid, _ in answers)
+    records = []
+    for pid, fields in answers:
+        messages, tools = plain_prompts[pid]
+        record = {"prompt": messages, **fields}
+        records.append(record | {"tools": json.dumps(tools) if tools else None} if with_tools else record)
+    return records
 
 
-def dpo_records(pairs: pl.DataFrame, plain_prompts: dict[str, list[dict]]) -> list[dict]:
-    """TRL conversational records of `pairs` (prompt_id, chosen, rejected) for DPO, each prompt the plain
-    messages `plain_prompts` maps its prompt_id to: the prompt as served, not the scaffolding that explored it."""
-    return [
-        {
-            "prompt": plain_prompts[pid],
-            "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}],
-        }
-        for pid, chosen, rejected in pairs.select("prompt_id", "chosen", "rejected").iter_rows()
-    ]
+def assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def sft_records(targets: pl.DataFrame, plain_prompts: dict[str, tuple[list[dict], list[dict] | None]]) -> list[dict]:
+    """Prompt-completion records of `targets` (prompt_id, response) for SFT."""
+    answers = [(pid, {"completion": assistant(response)}) for pid, response in targets.select("prompt_id", "response").iter_rows()]
+    return with_prompts(answers, plain_prompts)
+
+
+def dpo_records(pairs: pl.DataFrame, plain_prompts: dict[str, tuple[list[dict], list[dict] | None]]) -> list[dict]:
+    """Preference records of `pairs` (prompt_id, chosen, rejected) for DPO."""
+    rows = pairs.select("prompt_id", "chosen", "rejected").iter_rows()
+    return with_prompts([(pid, {"chosen": assistant(c), "rejected": assistant(r)}) for pid, c, r in rows], plain_prompts)
