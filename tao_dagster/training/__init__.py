@@ -1,12 +1,14 @@
-"""Bake the best candidates into the weights: best-versus-worst pairs per prompt and TRL DPO with LoRA.
+"""Bake the best candidates into the weights: best-versus-worst pairs per prompt and TRL DPO with LoRA, or GRPO.
 
-pairs: what a round teaches; settings: the DPO settings; dpo: how it trains (in process or data-parallel);
-fast_forward: the forwards that make it cheaper; trainer: the training process itself, which alone imports
-torch and TRL at the top, so importing this package stays light.
+pairs: what a round teaches; settings: the training settings; dpo: how it trains (in process or data-parallel);
+fast_forward: the forwards that make it cheaper; trainer: the training process itself; grpo: online training on
+groups the policy samples, rewarded by the domain's scorers, whose process is grpo_trainer. The two process modules
+alone import torch and TRL at the top, so importing this package stays light.
 """
 
 from tao_dagster.training.dpo import launch_data_parallel, train_dpo
 from tao_dagster.training.fast_forward import LOGIT_TRANSFORMS, VOCAB_CHUNK, add_lora_in_fp32, share_prompts, untested_trl
+from tao_dagster.training.grpo import domain_reward, train_grpo
 from tao_dagster.training.pairs import NOT_IN_CHECKPOINT_ID, best_candidates, build_pairs, checkpoint_id, dpo_records
 from tao_dagster.training.resume import last_saved_checkpoint
 from tao_dagster.training.settings import TrainSettings
@@ -20,10 +22,12 @@ __all__ = [
     "best_candidates",
     "build_pairs",
     "checkpoint_id",
+    "domain_reward",
     "dpo_records",
     "last_saved_checkpoint",
     "launch_data_parallel",
     "share_prompts",
     "train_dpo",
+    "train_grpo",
     "untested_trl",
 ]
