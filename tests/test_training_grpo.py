@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 
 from tao_dagster.rewards import build_scorers
-from tao_dagster.training import TrainSettings, domain_reward, last_saved_checkpoint, train_grpo
+from tao_dagster.training import TrainSettings, domain_reward, train_grpo
 
 from .support.crash_worker import GRPO_SCORERS, GRPO_SETTINGS, grpo_prompts
 from .support.models import save_tiny_llama
-from .test_crash_resume import kill, wait_for, worker
+from .test_crash_resume import killed_training
 from .test_training import assert_merged_and_changed
 
 
@@ -50,6 +50,22 @@ def test_prompts_with_other_fields_or_too_few_are_refused(tmp_path):
         train_grpo("unused", labelled, None, TrainSettings(), tmp_path / "out", tmp_path / "work")
     with pytest.raises(ValueError, match=r"at least grpo_prompts_per_step \(2\) prompts, got 1"):
         train_grpo("unused", prompts[:1], None, TrainSettings(), tmp_path / "out", tmp_path / "work")
+
+
+def test_a_step_samples_whole_groups_and_a_cpu_samples_with_transformers(caplog, tmp_path):
+    """Any group size and prompts per step make TRL's generation batch whole groups, one generation a step; vLLM,
+    asked for, samples only where there is a GPU."""
+    import torch
+
+    from tao_dagster.hardware import Precision
+    from tao_dagster.training.grpo_trainer import grpo_config
+
+    settings = TrainSettings(grpo_generations=3, grpo_prompts_per_step=5, grpo_use_vllm=True)
+    config = grpo_config(settings, Precision("float32", "test"), tmp_path)
+    assert (config.generation_batch_size, config.num_generations, config.steps_per_generation) == (15, 3, 1)
+    assert config.gradient_checkpointing is False and config.beta == 0.0
+    gpu = torch.cuda.is_available()
+    assert config.use_vllm is gpu and ("grpo_use_vllm is set but there is no GPU" in caplog.text) is not gpu
 
 
 @pytest.fixture(scope="module")
@@ -132,12 +148,7 @@ def test_a_killed_grpo_run_resumes_from_its_last_checkpoint(trained, learnable_m
     """Killed after a checkpoint, the run resumes from it and continues the uninterrupted run's curves: the same
     adapter, optimiser, sampling state and prompt order."""
     work, out = tmp_path / "work", tmp_path / "tuned"
-    with worker(tmp_path, "train_grpo", learnable_model, out, work) as (proc, log):
-        wait_for(lambda: last_saved_checkpoint(work) is not None, proc, log)
-        kill(proc)
-    killed_at = int(last_saved_checkpoint(work).name.removeprefix("checkpoint-"))
-    assert not out.exists() and 0 < killed_at < 12, "the kill should land between the first checkpoint and the end"
-
+    killed_at = killed_training(tmp_path, "train_grpo", learnable_model, out, work, steps=12)
     reward = domain_reward(build_scorers(GRPO_SCORERS))
     resumed = train_grpo(str(learnable_model), grpo_prompts(), reward, GRPO_SETTINGS, out, work)
     print(f"\nGRPO: killed after step {killed_at}'s checkpoint; resumed from step {resumed['resumed_from_step']} to {resumed['steps']}")

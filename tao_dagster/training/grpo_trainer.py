@@ -16,7 +16,7 @@ from tao_dagster.hardware import Precision
 from tao_dagster.training.fast_forward import add_lora_in_fp32
 from tao_dagster.training.resume import last_saved_checkpoint
 from tao_dagster.training.settings import TrainSettings
-from tao_dagster.training.trainer import gpu_bf16, lora_config, save_merged
+from tao_dagster.training.trainer import gpu_bf16, lora_config, save_merged, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +36,14 @@ def grpo_config(settings: TrainSettings, precision: Precision, work_dir: Path) -
     if settings.grpo_use_vllm and not gpu:
         log.warning("grpo_use_vllm is set but there is no GPU: transformers samples the groups")
     return GRPOConfig(
-        output_dir=str(work_dir),
+        **trainer_args(settings, precision, work_dir),
         num_generations=settings.grpo_generations,
         per_device_train_batch_size=settings.grpo_prompts_per_step * settings.grpo_generations,
         max_steps=settings.grpo_steps,
         max_completion_length=settings.grpo_max_completion_length,
         temperature=settings.grpo_temperature,
         beta=settings.grpo_beta,
-        learning_rate=settings.learning_rate,
         lr_scheduler_type="cosine",  # no warm-up: a step's LR of 0 would waste its generation
-        bf16=precision.bf16,
-        gradient_checkpointing=settings.gradient_checkpointing,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=settings.save_steps,
-        save_total_limit=2,
-        report_to="none",
-        seed=settings.seed,
-        dataloader_num_workers=0,
-        use_cpu=not gpu,
         use_vllm=settings.grpo_use_vllm and gpu,
         vllm_mode=settings.grpo_vllm_mode,
         vllm_server_base_url=settings.grpo_vllm_server,

@@ -33,24 +33,14 @@ def gpu_bf16(precision: Precision) -> bool:
     return precision.bf16 and torch.cuda.is_available()
 
 
-def dpo_config(settings: TrainSettings, precision: Precision, work_dir: Path, pairs: int) -> DPOConfig:
-    """TRL's configuration for the settings and `pairs` pairs (their schedule: see TrainSettings.schedule); the batch
-    is split across the processes of a data-parallel launch."""
-    batch_size, epochs = settings.schedule(pairs)
-    return DPOConfig(
+def trainer_args(settings: TrainSettings, precision: Precision, work_dir: Path) -> dict:
+    """The Trainer arguments every algorithm's round shares: its precision, seed and learning rate, a log entry every
+    step, and a resumable checkpoint in `work_dir` every save_steps."""
+    return dict(
         output_dir=str(work_dir),
-        beta=settings.beta,
-        loss_type=["sigmoid", "sft"] if settings.sft_weight else ["sigmoid"],
-        loss_weights=[1.0, settings.sft_weight] if settings.sft_weight else None,
         learning_rate=settings.learning_rate,
-        num_train_epochs=epochs,
-        per_device_train_batch_size=batch_size // int(os.environ.get("WORLD_SIZE", "1")),
-        max_length=settings.max_length,
-        precompute_ref_log_probs=settings.precompute_ref_log_probs,
         bf16=precision.bf16,
         gradient_checkpointing=settings.gradient_checkpointing,
-        lr_scheduler_type="cosine",
-        warmup_steps=2,
         logging_steps=1,
         save_strategy="steps",
         save_steps=settings.save_steps,
@@ -58,8 +48,26 @@ def dpo_config(settings: TrainSettings, precision: Precision, work_dir: Path, pa
         report_to="none",
         seed=settings.seed,
         dataloader_num_workers=0,
-        ddp_find_unused_parameters=False,  # LoRA trains every adapter it adds
         use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def dpo_config(settings: TrainSettings, precision: Precision, work_dir: Path, pairs: int) -> DPOConfig:
+    """TRL's configuration for the settings and `pairs` pairs (their schedule: see TrainSettings.schedule); the batch
+    is split across the processes of a data-parallel launch."""
+    batch_size, epochs = settings.schedule(pairs)
+    return DPOConfig(
+        **trainer_args(settings, precision, work_dir),
+        beta=settings.beta,
+        loss_type=["sigmoid", "sft"] if settings.sft_weight else ["sigmoid"],
+        loss_weights=[1.0, settings.sft_weight] if settings.sft_weight else None,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size // int(os.environ.get("WORLD_SIZE", "1")),
+        max_length=settings.max_length,
+        precompute_ref_log_probs=settings.precompute_ref_log_probs,
+        lr_scheduler_type="cosine",
+        warmup_steps=2,
+        ddp_find_unused_parameters=False,  # LoRA trains every adapter it adds
     )
 
 
