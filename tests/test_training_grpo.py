@@ -157,3 +157,25 @@ def test_a_killed_grpo_run_resumes_from_its_last_checkpoint(trained, learnable_m
     uninterrupted = trained[0]
     assert resumed["reward_curve"] == pytest.approx(uninterrupted["reward_curve"])
     assert resumed["loss_curve"] == pytest.approx(uninterrupted["loss_curve"], abs=1e-6)
+
+
+@pytest.mark.e2e
+def test_grpo_on_the_embedded_model_with_the_banking_scorers(embedded_model_dir, tmp_path):
+    """Two steps on plain banking prompts with the demo's own scorers (format, embedding ones, self-consistency over
+    each group): every scorer is logged per step and the merged model is saved in the machine's precision."""
+    import json
+
+    from tao_dagster.domain import load_domain
+
+    from .conftest import BANKING
+
+    spec = load_domain(BANKING / "domain.yaml")
+    queries = (BANKING / "logs" / "2026-11-02.csv").read_text().splitlines()[1:5]
+    prompts = [{"prompt": spec.messages([{"role": "user", "content": q}]), "prompt_id": f"q{i}", "text": q} for i, q in enumerate(queries)]
+    scorers = spec.build_scorers()
+    settings = TrainSettings(grpo_steps=2)
+    metrics = train_grpo(str(embedded_model_dir), prompts, domain_reward(scorers), settings, tmp_path / "out", tmp_path / "work")
+    print(f"\nbanking GRPO: rewards {metrics['reward_curve']}, {metrics['train_seconds']:.0f} s, {metrics['scorer_curves']}")
+    assert metrics["steps"] == 2 and all(0.0 <= r <= 1.0 for r in metrics["reward_curve"])
+    assert set(metrics["scorer_curves"]) == {s.name for s in scorers} and all(len(c) == 2 for c in metrics["scorer_curves"].values())
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == metrics["precision"]

@@ -1,5 +1,14 @@
 """One GRPO training process: TRL's GRPOTrainer with LoRA, its merged model saved whole as DPO saves it.
 
+Of DPO's speed-ups (docs/performance.md) two apply and are taken: the LoRA sums in fp32 under bf16 autocast on a CPU
+(add_lora_in_fp32) and gradient checkpointing off (TRL's default is on). The others do not apply as they are. There is
+no reference pass to precompute: the completions are sampled during training, and at grpo_beta 0 TRL runs no
+reference at all. TRL's GRPO forward already sends only completion tokens through its chunked LM head. share_prompts
+is written for DPO's pairs; in GRPO a prompt is shared by its group's completions, which TRL shuffles across the
+step's batch, so running each prompt once would need a forward of its own. On the embedded model about half of a CPU
+step is sampling, which that would not touch. With grpo_beta above 0 under bf16 the KL term is a difference of log-probs
+from TRL's head under autocast, in bf16 (TRL's cast_lm_head_to_fp32 refuses tied embeddings, as the embedded model's).
+
 Imports torch, TRL and transformers at the top, so only the training process loads it (train_grpo does).
 """
 
@@ -96,6 +105,7 @@ def grpo_metrics(trainer: GRPOTrainer, prompts: int, settings: TrainSettings, pr
     history = [h for h in trainer.state.log_history if "loss" in h]
     loss_curve = [float(h["loss"]) for h in history]
     reward_curve = [float(h["reward"]) for h in history]
+    scorers = [k for k in (history[0] if history else {}) if k.startswith("scorers/")]  # logged by domain_reward
     tokens = int(trainer.state.num_input_tokens_seen)  # prompt and completion tokens of every sampled completion
     nan = float("nan")
     return {
@@ -116,4 +126,5 @@ def grpo_metrics(trainer: GRPOTrainer, prompts: int, settings: TrainSettings, pr
         "reward_std": float(history[-1]["reward_std"]) if history else nan,  # of the last step's completions
         "zero_std_fraction": sum(h["frac_reward_zero_std"] for h in history) / len(history) if history else nan,
         "reward_curve": reward_curve,
+        "scorer_curves": {k.removeprefix("scorers/"): [float(h[k]) for h in history] for k in scorers},  # where a rise comes from
     }
