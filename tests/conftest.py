@@ -15,7 +15,7 @@ from tao_dagster.defs.resources import ArtifactStoreResource, LogSourceResource,
 from tao_dagster.models import resolve_base_model
 from tao_dagster.paths import PROJECT_ROOT
 
-from .support.models import tiny_llama_config
+from .support.models import save_tiny_llama
 from .support.servers import S3_CREDENTIALS, postgres_bin, postgres_server, s3_server
 
 # The same cache the demo uses: the GGUF conversion (about 25 s) happens once per machine.
@@ -53,22 +53,7 @@ def embedded_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(embedded_model_dir, tmp_path_factory) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
-    config = tiny_llama_config(
-        tokenizer,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny-model")
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_llama(embedded_model_dir, tmp_path_factory.mktemp("tiny-model"))
 
 
 def tiny_resources(home: Path, logs: Path, model: Path, domain_file: Path, artifacts: ArtifactStoreResource | None = None) -> dict:

@@ -134,11 +134,7 @@ def test_killed_generation_resumes_with_only_the_missing_candidates(pipeline, ti
 @pytest.mark.slow
 def test_killed_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
     work, out = tmp_path / "work", tmp_path / "tuned"
-    with worker(tmp_path, "train", tiny_model_dir, out, work) as (proc, log):
-        wait_for(lambda: last_saved_checkpoint(work) is not None, proc, log)
-        kill(proc)
-    killed_at = int(last_saved_checkpoint(work).name.removeprefix("checkpoint-"))
-    assert not out.exists() and 0 < killed_at < 12, "the kill should land between the first checkpoint and the end"
+    killed_at = killed_training(tmp_path, "train", tiny_model_dir, out, work, steps=12)
     (work / "checkpoint-11").mkdir(exist_ok=True)  # as if a kill had cut this save short: it has no trainer_state.json
 
     resumed = train_stage("dpo", str(tiny_model_dir), training_pairs(), TRAIN_SETTINGS, out, work)
@@ -153,6 +149,17 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_pa
     assert uninterrupted["resumed_from_step"] == 0
     assert resumed["loss_curve"] == pytest.approx(uninterrupted["loss_curve"], rel=1e-4)
     assert resumed["loss_curve"][-1] < resumed["loss_curve"][0]
+
+
+def killed_training(tmp_path: Path, what: str, model_dir: Path, out: Path, work: Path, steps: int) -> int:
+    """Train (`what`, a crash_worker training command) in a worker, kill it once it has saved a Trainer checkpoint,
+    and return that checkpoint's step: between the first checkpoint and the last of `steps`."""
+    with worker(tmp_path, what, model_dir, out, work) as (proc, log):
+        wait_for(lambda: last_saved_checkpoint(work) is not None, proc, log)
+        kill(proc)
+    killed_at = int(last_saved_checkpoint(work).name.removeprefix("checkpoint-"))
+    assert not out.exists() and 0 < killed_at < steps, "the kill should land between the first checkpoint and the end"
+    return killed_at
 
 
 @pytest.mark.parametrize("kill_at", ["inserting", "inserted"])  # during the insert, or after it with the commit to come

@@ -77,3 +77,33 @@ def test_labels_reach_evaluation_alone(tmp_path, monkeypatch, tiny_model_dir, le
         assert "outside_check" in json.loads(reports[0].read_text())
     for without, with_labels in zip(*stored):
         assert without.height and without.equals(with_labels)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["sft", "dpo", "sft+dpo", "grpo"])
+def test_every_algorithm_trains_gates_and_reports(tmp_path, monkeypatch, tiny_model_dir, learnable_domain_file, algorithm):
+    """Each algorithm, at tiny sizes, through the same round: its checkpoint is recorded with its algorithm and
+    data, and the gate decides on it (the report follows a promotion)."""
+    monkeypatch.setenv("TAO_HOME", str(tmp_path / "home"))
+    write_banking_log(tmp_path / "day1.csv", 0, 24)
+    db = Warehouse(tmp_path / "home" / "warehouse.duckdb")
+    policy = PolicySettings(base_model=str(tiny_model_dir), cache_dir=str(tmp_path / "cache"), engine="transformers")
+    tracking = Tracking(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    small = dict(batch_size=4, min_margin=0.0, min_chosen_z=0.0, max_pairs=0, min_steps=0, sft_epochs=1)
+    settings = TrainSettings(algorithm=algorithm, grpo_steps=2, grpo_max_completion_length=8, **small)
+
+    result = run_round(db, DomainSettings(domain_file=str(learnable_domain_file)), policy, tracking, [tmp_path / "day1.csv"], settings)
+
+    (row,) = db.query("select checkpoint_id, algorithm, metrics from checkpoints").rows()
+    metrics = json.loads(row[2])
+    assert row[1] == algorithm and metrics["steps"] >= 1
+    used = {"targets": metrics["targets"] > 0, "pairs": metrics["pairs"] > 0, "prompts": metrics["prompts"] > 0}
+    assert used == {"targets": "sft" in algorithm, "pairs": "dpo" in algorithm, "prompts": algorithm == "grpo"}
+    if result["promoted"]:
+        assert result["checkpoint_id"] == row[0] and "diff" in result
+    else:
+        assert result["decision"].startswith("not promoted")
+    client = tracking.client()
+    experiment = client.get_experiment_by_name(tracking.experiment)
+    (run,) = client.search_runs([experiment.experiment_id], f"tags.mlflow.runName = '{algorithm}-{row[0]}'")
+    assert run.data.params["algorithm"] == algorithm and "train_loss" in run.data.metrics

@@ -23,6 +23,7 @@ def why_no_lift(db: Warehouse, spec: Domain, checkpoint: dict) -> dict:
         "training_prompts": per_prompt.height,
         "targets": int(metrics.get("targets", 0)),
         "pairs": int(metrics.get("pairs", 0)),
+        "online_prompts": int(metrics.get("prompts", 0)),
         "steps": int(metrics.get("steps", 0)),
         "mean_reward": float(per_prompt["mean"].mean() or 0.0),
         "best_of_n_reward": float(per_prompt["best"].mean() or 0.0),
@@ -38,7 +39,7 @@ def why_no_lift(db: Warehouse, spec: Domain, checkpoint: dict) -> dict:
             f"the candidates hardly differ (best-of-N {facts['best_of_n_reward']:.2f} against a mean of {facts['mean_reward']:.2f}): "
             "exploration finds nothing better to learn; use `strategies: auto`, sweep a categorical field, or raise temperature or samples"
         )
-    elif max(facts["pairs"], facts["targets"]) < FEW_PAIRS or facts["steps"] < FEW_STEPS:
+    elif max(facts["pairs"], facts["targets"], facts["online_prompts"]) < FEW_PAIRS or facts["steps"] < FEW_STEPS:
         advice = (
             f"only {facts['targets']} targets, {facts['pairs']} pairs and {facts['steps']} optimiser steps: ingest more "
             "prompts, or lower min_chosen_z, min_margin or min_chosen_reward in the tuned_checkpoint config"

@@ -18,7 +18,7 @@ from tao_dagster.pipeline.scores import candidate_rewards
 from tao_dagster.policies import Policy, PolicySettings, checkpoint_policy, current_policy
 from tao_dagster.storage import ArtifactStore
 from tao_dagster.tracking import Tracking
-from tao_dagster.training import TrainSettings, build_pairs, checkpoint_id, dpo_records, sft_records, sft_targets, train
+from tao_dagster.training import TrainSettings, build_pairs, checkpoint_id, domain_reward, dpo_records, sft_records, sft_targets, train
 from tao_dagster.warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
@@ -26,12 +26,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainingData:
-    """What a round trains on: the parent's scored candidates, the SFT targets and DPO pairs its algorithm uses
-    (empty where it uses none), and the checkpoint they make."""
+    """What a round trains on: the parent's scored candidates, the SFT targets, DPO pairs or GRPO prompts its
+    algorithm uses (empty where it uses none), and the checkpoint they make."""
 
     rewards: pl.DataFrame
     targets: pl.DataFrame
     pairs: pl.DataFrame
+    prompt_ids: list[str]  # GRPO's: the prompts the policy samples groups for
     stale: int  # candidates of other policies, left out
     checkpoint_id: str
     data_hash: str
@@ -47,6 +48,9 @@ def training_data(db: Warehouse, spec: Domain, parent: Policy, settings: TrainSe
     uses = settings.algorithm.split("+")
     targets, pairs = sft_targets(rewards, settings), build_pairs(rewards, settings)
     targets, pairs = (targets if "sft" in uses else targets.clear()), (pairs if "dpo" in uses else pairs.clear())
+    prompt_ids = sorted(rewards["prompt_id"].unique()) if "grpo" in uses else []
+    if "grpo" in uses and not prompt_ids:
+        raise StageError(f"no training prompts scored under {parent.version}: materialize candidate_responses and reward_scores first")
     if ("sft" in uses and targets.height == 0) or ("dpo" in uses and pairs.height == 0):
         raise StageError(
             f"no training {'pairs' if pairs.height == 0 else 'targets'} among {rewards['prompt_id'].n_unique()} prompts scored "
@@ -54,7 +58,7 @@ def training_data(db: Warehouse, spec: Domain, parent: Policy, settings: TrainSe
             f"and reward_scores for new partitions, or lower min_margin ({settings.min_margin}), min_z_margin "
             f"({settings.min_z_margin}), min_chosen_z ({settings.min_chosen_z}) or min_chosen_reward ({settings.min_chosen_reward})"
         )
-    return TrainingData(rewards, targets, pairs, stale, *checkpoint_id(parent.version, settings, pairs, targets))
+    return TrainingData(rewards, targets, pairs, prompt_ids, stale, *checkpoint_id(parent.version, settings, pairs, targets, prompt_ids))
 
 
 def plain_prompts(spec: Domain, rewards: pl.DataFrame) -> dict[str, tuple[list[dict], list[dict] | None]]:
@@ -62,6 +66,13 @@ def plain_prompts(spec: Domain, rewards: pl.DataFrame) -> dict[str, tuple[list[d
     its candidates came from."""
     prompts = rewards.select("prompt_id", "messages", "tools").unique("prompt_id")
     return {pid: (spec.messages(json.loads(m)), json.loads(t or "null")) for pid, m, t in prompts.iter_rows()}
+
+
+def grpo_records(data: TrainingData, prompts: dict[str, tuple[list[dict], list[dict] | None]]) -> list[dict]:
+    """GRPO's prompts: the plain messages the policy answers, and the id and text the scorers read (tool definitions
+    do not reach GRPO's sampling)."""
+    texts = dict(data.rewards.select("prompt_id", "text").unique("prompt_id").iter_rows())
+    return [{"prompt": prompts[pid][0], "prompt_id": pid, "text": texts[pid]} for pid in data.prompt_ids]
 
 
 def train_and_register(
@@ -78,18 +89,21 @@ def train_and_register(
     ckpt, pairs, algorithm = data.checkpoint_id, data.pairs, settings.algorithm
     out_dir, work_dir = tao_home() / "checkpoints" / ckpt, tao_home() / "work" / ckpt  # work: Trainer checkpoints, until recorded
     prompts = plain_prompts(spec, data.rewards)
-    records = {"sft": sft_records(data.targets, prompts), "dpo": dpo_records(pairs, prompts)}
+    records = {"sft": sft_records(data.targets, prompts), "dpo": dpo_records(pairs, prompts), "grpo": grpo_records(data, prompts)}
     precision = compute_precision()
     log.info(
-        f"training {ckpt} ({algorithm}) on {data.targets.height} targets and {pairs.height} pairs from {parent.path} "
+        f"training {ckpt} ({algorithm}) on {data.targets.height} targets, {pairs.height} pairs and {len(data.prompt_ids)} "
+        f"online prompts from {parent.path} "
         f"in {precision.dtype} ({precision.reason})"
     )
     with tracking.start_run(run_name=f"{algorithm}-{ckpt}") as run:
         import mlflow
 
         params = {"parent": parent.version, "data_hash": data.data_hash, "pairs": pairs.height, "targets": data.targets.height}
+        params["prompts"] = len(data.prompt_ids)
         mlflow.log_params({**settings.model_dump(), **params, "domain": spec.name, **precision.metadata()})
-        metrics = train(parent.path, records, settings, out_dir, work_dir, policy.train_processes, precision)
+        reward = domain_reward(spec.build_scorers()) if data.prompt_ids else None
+        metrics = train(parent.path, records, settings, out_dir, work_dir, policy.train_processes, precision, reward)
         for step, loss in enumerate(metrics["loss_curve"], start=1):
             mlflow.log_metric("train_loss", loss, step=step)
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})  # not the curve or the precision
@@ -144,6 +158,7 @@ def tune(
         "algorithm": settings.algorithm,
         "targets": data.targets.height,
         "pairs": pairs.height,
+        "online_prompts": len(data.prompt_ids),
         "stale_candidates_left_out": data.stale,
         **({"mean_target_reward": float(data.targets["reward"].mean())} if data.targets.height else {}),
         **(

@@ -120,12 +120,15 @@ def build_pairs(candidates: pl.DataFrame, settings: TrainSettings) -> pl.DataFra
     return pairs.sort("prompt_id", "rank").select(columns)
 
 
-def checkpoint_id(parent: str, settings: TrainSettings, pairs: pl.DataFrame, targets: pl.DataFrame | None = None) -> tuple[str, str]:
-    """(checkpoint id, data hash): the same parent, config (the algorithm in it), pairs and SFT targets give the
-    same checkpoint."""
+def checkpoint_id(
+    parent: str, settings: TrainSettings, pairs: pl.DataFrame, targets: pl.DataFrame | None = None, prompt_ids: list[str] = ()
+) -> tuple[str, str]:
+    """(checkpoint id, data hash): the same parent, config (the algorithm in it), pairs, SFT targets and GRPO
+    prompts give the same checkpoint."""
     data = [f"{p}:{c}:{r}" for p, c, r in pairs.select("prompt_id", "chosen_id", "rejected_id").iter_rows()]
     if targets is not None:
         data += [f"{p}:{c}" for p, c in targets.select("prompt_id", "candidate_id").iter_rows()]
+    data += list(prompt_ids)
     data_hash = hashlib.sha256("\n".join(data).encode()).hexdigest()[:16]
     config = settings.model_dump(exclude=NOT_IN_CHECKPOINT_ID)
     spec = json.dumps({"parent": parent, "config": config, "data": data_hash}, sort_keys=True)

@@ -1,5 +1,6 @@
-"""How a round trains: the algorithm's stages (SFT, DPO, or SFT then DPO from it) with TRL and LoRA, each in this
-process or data-parallel under `accelerate launch`, resuming a killed run of the same checkpoint where it stopped.
+"""How a round trains: the algorithm's stages (SFT, DPO, SFT then DPO from it, or GRPO) with TRL and LoRA, each in
+this process or (SFT, DPO) data-parallel under `accelerate launch`, resuming a killed run of the same checkpoint
+where it stopped.
 
 Light to import (the Dagster definitions import it): torch, TRL and the rest load with the training process,
 tao_dagster.training.trainer, which is also what each process of a data-parallel launch runs.
@@ -14,7 +15,7 @@ from pathlib import Path
 from tao_dagster.hardware import Precision, compute_precision
 from tao_dagster.training.settings import TrainSettings
 
-STAGES = {"sft": ["sft"], "dpo": ["dpo"], "sft+dpo": ["sft", "dpo"]}
+STAGES = {"sft": ["sft"], "dpo": ["dpo"], "sft+dpo": ["sft", "dpo"], "grpo": ["grpo"]}
 
 
 def train(
@@ -25,9 +26,11 @@ def train(
     work_dir: Path,
     processes: int = 1,
     precision: Precision | None = None,
+    reward=None,
 ) -> dict:
     """Train `settings.algorithm` from `model_path` on `records` (per stage: "sft" prompt-completion records, "dpo"
-    pairs), merge the LoRA weights and save a standalone model to `out_dir`.
+    pairs, "grpo" prompts, which `reward` (grpo.domain_reward) scores the policy's samples of), merge the LoRA weights
+    and save a standalone model to `out_dir`.
 
     sft+dpo saves the merged SFT model under `work_dir` and runs DPO from it, so DPO's reference is the SFT model
     (what DPO should stay near) and a run killed during DPO does not repeat SFT. Returns the last stage's metrics,
@@ -42,7 +45,7 @@ def train(
         if not last and done.is_file() and (target / "config.json").is_file():
             metrics[stage] = json.loads(done.read_text())
         else:
-            metrics[stage] = train_stage(stage, model, records[stage], settings, target, work_dir / stage, processes, precision)
+            metrics[stage] = train_stage(stage, model, records[stage], settings, target, work_dir / stage, processes, precision, reward)
             done.write_text(json.dumps(metrics[stage]))
         model = str(target)
     return summed(metrics, {stage: len(records[stage]) for stage in stages})
@@ -60,6 +63,7 @@ def summed(stages: dict[str, dict], sizes: dict[str, int]) -> dict:
         "tokens_per_second": tokens / seconds if seconds else 0.0,
         "pairs": sizes.get("dpo", 0),
         "targets": sizes.get("sft", 0),
+        "prompts": sizes.get("grpo", 0),
         "stages": {stage: {k: v for k, v in m.items() if k != "loss_curve"} for stage, m in stages.items()},
         "loss_curve": [loss for m in stages.values() for loss in m["loss_curve"]],
     }
@@ -74,9 +78,11 @@ def train_stage(
     work_dir: Path,
     processes: int = 1,
     precision: Precision | None = None,
+    reward=None,
 ) -> dict:
     """Train one stage ("sft" on prompt-completion records, "dpo" on {"prompt", "chosen", "rejected"} pairs, both
-    TRL conversational) with LoRA, merge it and save a standalone model to `out_dir`.
+    TRL conversational; "grpo" on prompts, see grpo.train_grpo) with LoRA, merge it and save a standalone model to
+    `out_dir`.
 
     Trainer checkpoints go to `work_dir` every `save_steps`, and a run that finds one there (a killed run of the same
     checkpoint id) resumes from it. DPOTrainer computes the reference log-probs from the parent before the
@@ -90,6 +96,12 @@ def train_stage(
         raise ValueError(f"batch_size {settings.batch_size} must be a multiple of the {processes} training processes")
     precision = precision or compute_precision()
     work_dir.mkdir(parents=True, exist_ok=True)
+    if stage == "grpo":
+        if processes > 1:
+            raise ValueError("grpo trains in one process (its reward runs the domain's scorers in it); use train_processes 1")
+        from tao_dagster.training.grpo import train_grpo
+
+        return train_grpo(model_path, records, reward, settings, out_dir, work_dir, precision)
     if processes > 1:
         return launch_data_parallel(stage, model_path, records_dataset(records), settings, out_dir, work_dir, processes, precision)
     from tao_dagster.training.trainer import train_process

@@ -60,6 +60,26 @@ class TrainSettings(BaseModel):
         5, ge=1, description="Save a resumable Trainer checkpoint every this many steps: a killed round resumes from the last one."
     )
     seed: int = 0
+    # grpo: online. Each step samples grpo_generations completions of grpo_prompts_per_step prompts from the policy
+    # and rewards them with the domain's scorers; learning_rate, lora_r, lora_alpha, gradient_checkpointing,
+    # save_steps and seed apply as above. The defaults fit a round of the embedded model on a 2-core CPU in minutes.
+    grpo_generations: int = Field(
+        4, ge=2, description="Completions sampled per prompt (GRPO's group): each is rewarded against its group's mean."
+    )
+    grpo_prompts_per_step: int = Field(
+        2, ge=1, description="Prompts per optimiser step; a step trains on prompts_per_step x generations completions."
+    )
+    grpo_steps: int = Field(16, ge=1, description="Optimiser steps of a round, each on freshly sampled groups of shuffled prompts.")
+    grpo_max_completion_length: int = Field(48, ge=1, description="Longest sampled completion in tokens (the domain's max_tokens).")
+    grpo_temperature: float = Field(0.8, gt=0, description="Sampling temperature of the groups; the log-probs are taken at it too.")
+    grpo_beta: float = Field(
+        0.0, ge=0, description="KL penalty toward the parent (0: none, and no reference pass; LoRA's few steps stay close)."
+    )
+    grpo_use_vllm: bool = Field(False, description="Sample the groups with vLLM on GPUs (TRL use_vllm); a CPU samples with transformers.")
+    grpo_vllm_mode: Literal["colocate", "server"] = Field(
+        "colocate", description="colocate: vLLM in the training process, sharing its GPUs; server: a `trl vllm-serve` at grpo_vllm_server."
+    )
+    grpo_vllm_server: str = Field("http://127.0.0.1:8000", description="The `trl vllm-serve` base URL, for grpo_vllm_mode server.")
 
     def schedule(self, examples: int, stage: str = "dpo") -> tuple[int, float]:
         """(batch size, epochs) that train `examples` records of `stage` (sft or dpo): the largest batch, halved down

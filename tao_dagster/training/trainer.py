@@ -32,20 +32,14 @@ def gpu_bf16(precision: Precision) -> bool:
     return precision.bf16 and torch.cuda.is_available()
 
 
-def trainer_args(stage: str, settings: TrainSettings, precision: Precision, work_dir: Path, examples: int) -> dict:
-    """What SFT and DPO configure alike, for `examples` records (their schedule: see TrainSettings.schedule); the
-    batch is split across the processes of a data-parallel launch."""
-    batch_size, epochs = settings.schedule(examples, stage)
+def trainer_args(settings: TrainSettings, precision: Precision, work_dir: Path) -> dict:
+    """The Trainer arguments every algorithm's round shares: its precision, seed and learning rate, a log entry every
+    step, and a resumable checkpoint in `work_dir` every save_steps."""
     return dict(
         output_dir=str(work_dir),
         learning_rate=settings.learning_rate,
-        num_train_epochs=epochs,
-        per_device_train_batch_size=batch_size // int(os.environ.get("WORLD_SIZE", "1")),
-        max_length=settings.max_length,
         bf16=precision.bf16,
         gradient_checkpointing=settings.gradient_checkpointing,
-        lr_scheduler_type="cosine",
-        warmup_steps=2,
         logging_steps=1,
         save_strategy="steps",
         save_steps=settings.save_steps,
@@ -53,14 +47,13 @@ def trainer_args(stage: str, settings: TrainSettings, precision: Precision, work
         report_to="none",
         seed=settings.seed,
         dataloader_num_workers=0,
-        ddp_find_unused_parameters=False,  # LoRA trains every adapter it adds
         use_cpu=not torch.cuda.is_available(),
     )
 
 
 def dpo_config(settings: TrainSettings, precision: Precision, work_dir: Path, pairs: int) -> DPOConfig:
     return DPOConfig(
-        **trainer_args("dpo", settings, precision, work_dir, pairs),
+        **offline_args("dpo", settings, precision, work_dir, pairs),
         beta=settings.beta,
         loss_type=["sigmoid", "sft"] if settings.sft_weight else ["sigmoid"],
         loss_weights=[1.0, settings.sft_weight] if settings.sft_weight else None,
@@ -70,7 +63,22 @@ def dpo_config(settings: TrainSettings, precision: Precision, work_dir: Path, pa
 
 def sft_config(settings: TrainSettings, precision: Precision, work_dir: Path, targets: int) -> SFTConfig:
     """Loss on the answer only (TRL's default for prompt-completion records): the prompt is given, not learnt."""
-    return SFTConfig(**trainer_args("sft", settings, precision, work_dir, targets), completion_only_loss=True)
+    return SFTConfig(**offline_args("sft", settings, precision, work_dir, targets), completion_only_loss=True)
+
+
+def offline_args(stage: str, settings: TrainSettings, precision: Precision, work_dir: Path, examples: int) -> dict:
+    """What SFT and DPO configure alike, for `examples` records (their schedule: see TrainSettings.schedule); the
+    batch is split across the processes of a data-parallel launch."""
+    batch_size, epochs = settings.schedule(examples, stage)
+    return dict(
+        **trainer_args(settings, precision, work_dir),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size // int(os.environ.get("WORLD_SIZE", "1")),
+        max_length=settings.max_length,
+        lr_scheduler_type="cosine",
+        warmup_steps=2,
+        ddp_find_unused_parameters=False,  # LoRA trains every adapter it adds
+    )
 
 
 def lora_config(settings: TrainSettings) -> LoraConfig:

@@ -1,5 +1,6 @@
-"""What tests/test_crash_resume.py runs in a subprocess and kills with SIGKILL: candidate generation, DPO
-training, and a warehouse write. `python -m tests.support.crash_worker <what> <args>` from the repository root."""
+"""What tests/test_crash_resume.py and tests/test_training_grpo.py run in a subprocess and kill with SIGKILL:
+candidate generation, DPO and GRPO training, and a warehouse write. `python -m tests.support.crash_worker <what> <args>`
+from the repository root."""
 
 import signal
 import sys
@@ -11,7 +12,8 @@ import polars as pl
 from tao_dagster.defs.candidates.assets import candidate_responses
 from tao_dagster.defs.partitions import log_files
 from tao_dagster.defs.resources import default_resources
-from tao_dagster.training import TrainSettings, train_stage
+from tao_dagster.rewards import build_scorers
+from tao_dagster.training import TrainSettings, domain_reward, train_grpo, train_stage
 from tao_dagster.warehouse import Warehouse
 
 PARTITION = "day1.csv"
@@ -46,6 +48,20 @@ def training_pairs() -> list[dict]:
 TRAIN_SETTINGS = TrainSettings(batch_size=2, epochs=2, learning_rate=1e-2, save_steps=2, min_steps=0)
 
 
+# GRPO on tests/test_training_grpo.py's learnable tiny model: 4 prompts, 2 a step in groups of 4 completions of 8
+# tokens, 12 steps, a checkpoint every 3. The reward asks the answer to open with a vowel, a rule about the first
+# token, which is as much as a tiny random model can learn in a dozen steps.
+GRPO_SETTINGS = TrainSettings(learning_rate=2e-2, grpo_steps=12, grpo_max_completion_length=8, grpo_temperature=1.0, save_steps=3)
+GRPO_SCORERS = [{"name": "opens_with_vowel", "kind": "regex", "pattern": r"^\s*[aeiouAEIOU]"}]
+
+
+def grpo_prompts() -> list[dict]:
+    return [
+        {"prompt": [{"role": "user", "content": f"Classify query {i}: {text}"}], "prompt_id": f"p{i}", "text": text}
+        for i, text in enumerate(["where is my card?", "can I get cash?", "my transfer failed", "change my address"])
+    ]
+
+
 def frame(partition: str, rows: int) -> pl.DataFrame:
     return pl.DataFrame({"candidate_id": [f"{partition}-{i}" for i in range(rows)], "partition": partition, "response": "an answer " * 5})
 
@@ -56,6 +72,10 @@ def generate(home: str, model_dir: str, domain_file: str, generation_chunk: str)
 
 def train(model_dir: str, out_dir: str, work_dir: str) -> None:
     train_stage("dpo", model_dir, training_pairs(), TRAIN_SETTINGS, Path(out_dir), Path(work_dir))
+
+
+def train_grpo_tiny(model_dir: str, out_dir: str, work_dir: str) -> None:
+    train_grpo(model_dir, grpo_prompts(), domain_reward(build_scorers(GRPO_SCORERS)), GRPO_SETTINGS, Path(out_dir), Path(work_dir))
 
 
 def write(path: str, committed_rows: str, killed_rows: str) -> None:
@@ -72,4 +92,4 @@ def write(path: str, committed_rows: str, killed_rows: str) -> None:
 
 
 if __name__ == "__main__":
-    {"generate": generate, "train": train, "write": write}[sys.argv[1]](*sys.argv[2:])
+    {"generate": generate, "train": train, "train_grpo": train_grpo_tiny, "write": write}[sys.argv[1]](*sys.argv[2:])

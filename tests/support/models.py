@@ -16,3 +16,23 @@ def tiny_llama_config(tokenizer, **overrides):
         pad_token_id=tokenizer.pad_token_id,
     )
     return LlamaConfig(**{**settings, **overrides})
+
+
+def save_tiny_llama(tokenizer_dir, out, **overrides):
+    """A tiny random model with the tokenizer of `tokenizer_dir`, saved in bf16 to `out` with that tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = tiny_llama_config(
+        tokenizer,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+        **overrides,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
