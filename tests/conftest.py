@@ -15,7 +15,7 @@ from tao_dagster.defs.resources import ArtifactStoreResource, LogSourceResource,
 from tao_dagster.models import resolve_base_model
 from tao_dagster.paths import PROJECT_ROOT
 
-from .support.models import tiny_llama_config
+from .support.models import VLLM_TINY_HEADS, tiny_llama_config
 from .support.servers import S3_CREDENTIALS, postgres_bin, postgres_server, s3_server
 
 # The same cache the demo uses: the GGUF conversion (about 25 s) happens once per machine.
@@ -51,8 +51,8 @@ def embedded_model_dir() -> Path:
     return Path(resolve_base_model("embedded", MODEL_CACHE))
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(embedded_model_dir, tmp_path_factory) -> Path:
+def build_tiny_model(embedded_model_dir: Path, out: Path, seed: int = 0, **overrides) -> Path:
+    """A random tiny Llama with the embedded tokenizer, saved to `out` in bf16."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -63,12 +63,23 @@ def tiny_model_dir(embedded_model_dir, tmp_path_factory) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
+        **overrides,
     )
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny-model")
+    torch.manual_seed(seed)
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(embedded_model_dir, tmp_path_factory) -> Path:
+    return build_tiny_model(embedded_model_dir, tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vllm_model_dir(embedded_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with 32-wide attention heads, the narrowest vLLM's CPU attention runs (it refuses 16)."""
+    return build_tiny_model(embedded_model_dir, tmp_path_factory.mktemp("tiny-vllm-model"), **VLLM_TINY_HEADS)
 
 
 def tiny_resources(home: Path, logs: Path, model: Path, domain_file: Path, artifacts: ArtifactStoreResource | None = None) -> dict:

@@ -1,0 +1,191 @@
+"""`tao-dagster serve` as an application meets it: the official `openai` client, vLLM on the CPU behind the proxy,
+the log files the sensor reads, a champion switch under traffic, and no process left after Ctrl-C or SIGTERM."""
+
+import json
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+
+import openai
+import psutil
+import pytest
+from transformers import AutoTokenizer
+
+from tao_dagster.domain import load_domain
+from tao_dagster.policies import checkpoint_version
+from tao_dagster.settings import core_settings
+from tao_dagster.storage import LogSource
+
+from .conftest import build_tiny_model
+from .support.devserver import tao_serve, wait_for
+from .support.models import VLLM_TINY_HEADS
+
+KEY = "sk-planted-serve-key-4e1d"
+QUESTION = [{"role": "user", "content": "I lost my card"}]
+LINE_KEYS = {"request_id", "timestamp", "request", "response"}
+
+
+def serve_env(tmp_path, model, domain_file, **extra) -> dict[str, str]:
+    home = tmp_path / "home"
+    return {
+        "TAO_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster"),
+        "TAO_DOMAIN": str(domain_file),
+        "TAO_BASE_MODEL": str(model),
+        "TAO_LOGS": str(tmp_path / "logs"),  # not there yet: the server creates it
+        "TAO_SERVE_ROTATE_SECONDS": "3",
+        "TAO_SERVE_POLL_SECONDS": "2",
+        **extra,
+    }
+
+
+def closed_lines(logs, count: int, server, timeout: float = 60) -> list[dict]:
+    """The log lines of the closed files once they hold `count` exchanges."""
+
+    def enough():
+        lines = [json.loads(line) for path in sorted(logs.glob("*.jsonl")) for line in path.read_text().splitlines()]
+        return lines if len(lines) >= count else None
+
+    return wait_for(f"{count} logged exchanges", enough, timeout, server, poll=0.5)
+
+
+def backend_processes(server) -> list[psutil.Process]:
+    return psutil.Process(server.pid).children(recursive=True)
+
+
+@pytest.mark.servers
+@pytest.mark.slow
+def test_serve_answers_the_openai_client_and_logs_every_exchange_for_the_sensor(tmp_path, tiny_vllm_model_dir, learnable_domain_file):
+    env = serve_env(tmp_path, tiny_vllm_model_dir, learnable_domain_file, TAO_SERVE_MODEL="support-bot", TAO_SERVE_API_KEY=KEY)
+    logs, sent, received = tmp_path / "logs", [], []
+    began = datetime.now(UTC)
+    with tao_serve(env, tmp_path / "serve.log", stop_signal=signal.SIGINT) as (url, server):
+        client = openai.OpenAI(base_url=url, api_key=KEY)
+        (card,) = client.models.list().data
+        assert card.id == "support-bot" and card.policy_version == f"base:{tiny_vllm_model_dir.name}" and card.checkpoint_id is None
+        snapshot = f"support-bot@base:{tiny_vllm_model_dir.name}"
+        assert card.root == snapshot
+
+        sent.append([{"role": "user", "content": "Where is my card?"}])
+        answer = client.chat.completions.create(model="support-bot", messages=sent[-1], max_tokens=6)
+        assert answer.model == snapshot and answer.choices[0].message.content
+        received.append(answer.choices[0].message.content)
+        # The current message format (content parts), streamed, usage asked for.
+        sent.append([{"role": "user", "content": [{"type": "text", "text": "My card was swallowed by the ATM"}]}])
+        stream = client.chat.completions.create(
+            model="support-bot", messages=sent[-1], max_tokens=6, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = list(stream)
+        received.append("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+        assert chunks[-1].usage.completion_tokens == 6
+
+        with pytest.raises(openai.NotFoundError, match="use 'support-bot'"):
+            client.chat.completions.create(model="gpt-4o", messages=sent[0], max_tokens=4)
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url, api_key="wrong").chat.completions.create(model="support-bot", messages=sent[0])
+        with pytest.raises(openai.BadRequestError):  # refused by vLLM, passed on, not logged
+            client.chat.completions.create(model="support-bot", messages=sent[0], max_tokens=5000)
+
+        # The open file is invisible to the sensor's listing until it is closed.
+        assert [p.suffix for p in logs.iterdir()] == [".part"] and LogSource(str(logs), tmp_path).list_files() == {}
+        lines = closed_lines(logs, 2, server)
+        assert list(LogSource(str(logs), tmp_path).list_files()) == [p.name for p in logs.glob("*.jsonl")]
+
+        client.chat.completions.create(model="support-bot", messages=sent[0], max_tokens=4)  # open at the Ctrl-C
+        backends = backend_processes(server)
+        assert len(backends) >= 2  # vLLM's API server and its engine core at least
+    assert server.returncode == 130
+    assert not [p for p in backends if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    assert not list(logs.glob("*.part"))
+    lines = [json.loads(line) for path in sorted(logs.glob("*.jsonl")) for line in path.read_text().splitlines()]
+    assert len(lines) == 3 and len({line["request_id"] for line in lines}) == 3
+    for line, messages, text in zip(lines, sent, received):
+        assert set(line) == LINE_KEYS
+        assert line["request"]["messages"] == messages and line["request"]["model"] == "support-bot"  # as received
+        assert line["response"]["model"] == snapshot and line["response"]["choices"][0]["message"]["content"] == text
+        assert line["response"]["usage"]["completion_tokens"] == 6
+        assert began <= datetime.fromisoformat(line["timestamp"]) <= datetime.now(UTC)
+    # The model saw the domain's plain prompt: the instruction around the message, as training and evaluation give it.
+    domain = load_domain(learnable_domain_file)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_vllm_model_dir)
+    plain = domain.messages([{"role": "user", "content": "Where is my card?"}])
+    assert lines[0]["response"]["usage"]["prompt_tokens"] == len(
+        tokenizer.apply_chat_template(plain, add_generation_prompt=True)["input_ids"]
+    )
+
+    output = (tmp_path / "serve.log").read_text()
+    assert "now serving base:" in output and "interrupted: stopped" in output
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert not [str(p) for p in files if KEY in p.read_bytes().decode("latin-1")], "the API key leaked"
+
+
+def serving(client: openai.OpenAI, checkpoint_id: str):
+    """The model card once `checkpoint_id` answers, else None."""
+    (card,) = client.models.list().data
+    return card if card.checkpoint_id == checkpoint_id else None
+
+
+def register_checkpoint(home, model_dir, checkpoint_id: str) -> str:
+    """Record `model_dir` as a trained checkpoint as a round does (MLflow run and registered version, warehouse
+    row) and promote it; returns its model version."""
+    import mlflow
+    import polars as pl
+
+    from tao_dagster.warehouse import Warehouse
+
+    settings = core_settings(home)
+    with settings.tracking.start_run(run_name=f"dpo-{checkpoint_id}") as run:
+        mlflow.log_artifacts(str(model_dir), artifact_path="model")
+        version = settings.tracking.register(run)
+    row = {"checkpoint_id": checkpoint_id, "parent": "base", "algorithm": "dpo", "config": "{}", "data_hash": "", "path": str(model_dir)}
+    row |= {"mlflow_run_id": run.info.run_id, "model_version": str(version), "metrics": "{}"}
+    Warehouse(settings.warehouse_path).upsert("checkpoints", pl.DataFrame([row]))
+    settings.tracking.promote(version)
+    return str(version)
+
+
+@pytest.mark.servers
+@pytest.mark.slow
+def test_a_promoted_checkpoint_takes_over_without_a_failed_request(
+    tmp_path, embedded_model_dir, tiny_vllm_model_dir, learnable_domain_file
+):  # noqa: E501
+    home = tmp_path / "home"
+    checkpoint = build_tiny_model(embedded_model_dir, home / "checkpoints" / "ckpt-switch", seed=1, **VLLM_TINY_HEADS)
+    env = serve_env(tmp_path, tiny_vllm_model_dir, learnable_domain_file)
+    answered, failures, stop = [], [], threading.Event()
+
+    def traffic(client: openai.OpenAI) -> None:
+        while not stop.is_set():
+            try:
+                answer = client.chat.completions.create(model="tao-banking", messages=QUESTION, max_tokens=4)
+                answered.append((time.monotonic(), answer.model))
+            except openai.OpenAIError as err:
+                failures.append(repr(err))
+
+    with tao_serve(env, tmp_path / "serve.log") as (url, server):
+        client = openai.OpenAI(base_url=url, api_key="unused")
+        old_backend = psutil.Process(server.pid).children()
+        senders = [threading.Thread(target=traffic, args=(client,)) for _ in range(3)]
+        for sender in senders:
+            sender.start()
+        try:
+            version = register_checkpoint(home, checkpoint, "ckpt-switch")
+            card = wait_for("the new champion", lambda: serving(client, "ckpt-switch"), 600, server)
+            switched = time.monotonic()
+            wait_for("the old backend to stop", lambda: not any(p.is_running() for p in old_backend), 120, server)
+            time.sleep(2)
+        finally:
+            stop.set()
+            for sender in senders:
+                sender.join()
+        assert card.model_version == version and card.policy_version == checkpoint_version("ckpt-switch")
+        assert card.root == "tao-banking@ckpt:ckpt-switch"
+    assert failures == []
+    models = [model for _, model in sorted(answered)]
+    old, new = f"tao-banking@base:{tiny_vllm_model_dir.name}", "tao-banking@ckpt:ckpt-switch"
+    first_new = models.index(new)
+    assert set(models[:first_new]) == {old} and set(models[first_new:]) == {new}  # one switch, never back
+    assert sum(1 for at, model in answered if at > switched) > 3 and len(models[:first_new]) > 3
+    assert "stopped the backend for base:" in (tmp_path / "serve.log").read_text()
