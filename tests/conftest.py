@@ -109,6 +109,11 @@ def run_round(instance, resources, gate: bool = True, **train) -> dg.ExecuteInPr
     )
 
 
+def gate_of(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
+    (gate,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "promotion_gate"]
+    return gate
+
+
 def sensor_tick(instance, logs: LogSourceResource, cursor: str | None) -> dg.SensorResult:
     """One sensor evaluation; like the daemon, add the partitions it asks for (build_sensor_context does not)."""
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"logs": logs}) as context:

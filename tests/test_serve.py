@@ -1,5 +1,6 @@
 """`tao-dagster serve` as an application meets it: the official `openai` client, vLLM on the CPU behind the proxy,
-the log files the sensor reads, a champion switch under traffic, and no process left after Ctrl-C or SIGTERM."""
+the log files the sensor reads, a champion switch under traffic, no process left after Ctrl-C or SIGTERM, and the
+whole loop: the server's own traffic trains the checkpoint it then serves."""
 
 import json
 import signal
@@ -7,17 +8,20 @@ import threading
 import time
 from datetime import UTC, datetime
 
+import dagster as dg
 import openai
 import psutil
 import pytest
 from transformers import AutoTokenizer
 
+from tao_dagster.defs.flywheel.jobs import prompt_assets
 from tao_dagster.domain import load_domain
+from tao_dagster.ingest import parse_log_file
 from tao_dagster.policies import checkpoint_version
 from tao_dagster.settings import core_settings
 from tao_dagster.storage import LogSource
 
-from .conftest import build_tiny_model
+from .conftest import BANKING, build_tiny_model, gate_of, run_round, sensor_tick, tiny_resources
 from .support.devserver import tao_serve, wait_for
 from .support.models import VLLM_TINY_HEADS
 
@@ -189,3 +193,35 @@ def test_a_promoted_checkpoint_takes_over_without_a_failed_request(
     assert set(models[:first_new]) == {old} and set(models[first_new:]) == {new}  # one switch, never back
     assert sum(1 for at, model in answered if at > switched) > 3 and len(models[:first_new]) > 3
     assert "stopped the backend for base:" in (tmp_path / "serve.log").read_text()
+
+
+@pytest.mark.servers
+@pytest.mark.slow
+def test_the_servers_own_traffic_trains_the_checkpoint_it_then_serves(tmp_path, tiny_vllm_model_dir, learnable_domain_file, monkeypatch):
+    """The loop: prompts through the server -> its log files -> the sensor -> scored partitions -> a round -> the
+    gate promotes -> the server answers with the new checkpoint."""
+    home, logs = tmp_path / "home", tmp_path / "logs"
+    monkeypatch.setenv("TAO_HOME", str(home))  # this process's rounds write checkpoints where the server finds them
+    conversations = [row.messages for row in parse_log_file(BANKING / "logs" / "2026-11-02.csv").rows[:30]]
+    with tao_serve(serve_env(tmp_path, tiny_vllm_model_dir, learnable_domain_file), tmp_path / "serve.log") as (url, server):
+        client = openai.OpenAI(base_url=url, api_key="unused")
+        for messages in conversations:
+            client.chat.completions.create(model="tao-banking", messages=messages, max_tokens=8)
+        closed_lines(logs, len(conversations), server)
+        resources = tiny_resources(home, logs, tiny_vllm_model_dir, learnable_domain_file)
+        with dg.instance_for_test() as instance:
+            keys = [r.partition_key for r in sensor_tick(instance, resources["logs"], None).run_requests]
+            assert keys == sorted(p.name for p in logs.glob("*.jsonl"))
+            for key in keys:
+                scored = dg.materialize(prompt_assets, instance=instance, resources=resources, partition_key=key)
+                counts = {k: v.value for k, v in scored.asset_materializations_for_node("raw_prompts")[0].metadata.items()}
+                assert counts["quarantined"] == 0 and counts["rows_read"] == counts["accepted"] + counts["duplicates"]
+            db = resources["warehouse"].get()
+            stored = [json.loads(m) for m in db.query("select messages from prompts")["messages"]]
+            assert sorted(map(json.dumps, stored)) == sorted({json.dumps(m) for m in conversations})  # as the application sent them
+            round1 = run_round(instance, resources, learning_rate=3e-3, epochs=8, sft_weight=2.0, lora_r=32, lora_alpha=64)
+            assert gate_of(round1).passed, gate_of(round1).metadata["reason"].value
+            ckpt = round1.asset_materializations_for_node("tuned_checkpoint")[0].metadata["checkpoint_id"].value
+        wait_for("the promoted checkpoint", lambda: serving(client, ckpt), 600, server)
+        answer = client.chat.completions.create(model="tao-banking", messages=conversations[0], max_tokens=8)
+        assert answer.model == f"tao-banking@ckpt:{ckpt}"
