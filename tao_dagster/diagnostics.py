@@ -35,8 +35,10 @@ class Alarm:
 
 
 def spearman(x, y) -> float:
-    """Rank correlation; NaN when either side is constant (it then carries no ordering)."""
-    x, y = pl.Series(x).rank().to_numpy(), pl.Series(y).rank().to_numpy()
+    """Rank correlation over the pairs with both values (production's replies have no token counts); NaN when either
+    side is constant (it then carries no ordering)."""
+    both = pl.DataFrame({"x": pl.Series(x), "y": pl.Series(y)}).drop_nulls()
+    x, y = both["x"].rank().to_numpy(), both["y"].rank().to_numpy()
     if len(x) < 3 or x.std() == 0 or y.std() == 0:
         return float("nan")
     return float(np.corrcoef(x, y)[0, 1])

@@ -17,6 +17,7 @@ from tao_dagster.exploration import expand
 from tao_dagster.generation import Request, Sampling
 from tao_dagster.ingest import LongPrompts, prompt_id
 from tao_dagster.rewards import Scorer, build_scorers
+from tao_dagster.traces import LogFormatName, last_user_turn
 
 
 @dataclass(frozen=True)
@@ -64,17 +65,19 @@ class Domain:
     built_scorers: list[Scorer] = field(default_factory=list, repr=False)  # from `scorers`, by load_domain
 
     def messages(self, conversation: list[dict], template: str | None = None) -> list[dict]:
-        """Put the task instruction into the last user turn (small models follow it far better there)."""
+        """Put the task instruction into the last user turn (small models follow it far better there); tool turns
+        after it stay as they are."""
         template = template or self.plain_template
-        last = template.format(instruction=self.instruction.strip(), prompt=conversation[-1]["content"], **self.snippets)
-        return [*conversation[:-1], {"role": "user", "content": last}]
+        ask = last_user_turn(conversation)
+        last = template.format(instruction=self.instruction.strip(), prompt=conversation[ask]["content"], **self.snippets)
+        return [*conversation[:ask], {"role": "user", "content": last}, *conversation[ask + 1 :]]
 
-    def strategy_request(self, conversation: list[dict], strategy: Strategy) -> Request:
-        return Request(self.messages(conversation, strategy.template), strategy.sampling, strategy.prefix_for(conversation))
+    def strategy_request(self, conversation: list[dict], strategy: Strategy, tools: list[dict] | None = None) -> Request:
+        return Request(self.messages(conversation, strategy.template), strategy.sampling, strategy.prefix_for(conversation), tools)
 
-    def plain_request(self, conversation: list[dict]) -> Request:
-        """What production sends: the plain prompt, greedy."""
-        return Request(self.messages(conversation), self.eval_sampling)
+    def plain_request(self, conversation: list[dict], tools: list[dict] | None = None) -> Request:
+        """What production sends: the plain prompt, greedy, with the tools production offered."""
+        return Request(self.messages(conversation), self.eval_sampling, tools=tools)
 
     def resolve(self, relative: str) -> Path:
         return (self.path.parent / relative).resolve()
@@ -147,6 +150,11 @@ class DomainSettings(BaseModel):
     max_prompt_chars: int = Field(4000, description="Longest prompt accepted, in characters.")
     max_eval_prompts: int = Field(0, description="Evaluate at most this many held-out prompts, in a fixed hashed order (0: all).")
     long_prompts: LongPrompts = Field("skip", description="A prompt over max_prompt_chars: quarantined (skip) or cut (truncate).")
+    log_format: LogFormatName = Field(
+        "auto",
+        description="How log records are read (docs/traces.md): auto (from each file's first records), chat_completions, "
+        "openai_batch, messages, otel or langfuse. CSV files are read by their text column whatever this says.",
+    )
 
     def load(self) -> Domain:
         try:

@@ -170,6 +170,14 @@ def write_report(report: dict, strategy_rows: list[dict], out_dir: Path) -> tupl
             f"{check['majority_baseline']:.3f}."
             + (f" The reward's own zero-shot choice: {check['reward_choice_accuracy']:.3f}." if "reward_choice_accuracy" in check else ""),
         ]
+    if versus := report.get("vs_production"):
+        md += [
+            "",
+            f"Against production's own replies ({', '.join(versus['production_models']) or 'model unknown'}), on the "
+            f"{versus['n']} of these prompts a log holds one for: mean reward production {versus['production_mean_reward']:.3f}, "
+            f"tuned {versus['tuned_mean_reward']:.3f}, difference {versus['diff']:+.3f} (95% CI [{versus['diff_ci_low']:+.3f}, "
+            f"{versus['diff_ci_high']:+.3f}]), win rate {versus['win_rate']:.2f}.",
+        ]
     if "why_no_lift" in report:
         md += ["", f"**No lift.** {report['why_no_lift']['advice']}."]
     for model, dist in report["answer_distribution"].items():  # empty when the domain names no answer field

@@ -37,6 +37,7 @@ class Request:
     messages: list[dict]
     sampling: Sampling
     response_prefix: str = ""
+    tools: list[dict] | None = None  # tool definitions, for the chat template to show the model
 
 
 @dataclass
@@ -49,18 +50,21 @@ class Generation:
 
 def render(tokenizer, request: Request) -> list[int]:
     """Token ids of the chat-formatted prompt, followed by the response prefix if any."""
-    return chat_token_ids(tokenizer, request.messages, suffix=request.response_prefix)
+    return chat_token_ids(tokenizer, request.messages, suffix=request.response_prefix, tools=request.tools)
 
 
-def chat_token_ids(tokenizer, messages: list[dict], generation_prompt: bool = True, suffix: str = "") -> list[int]:
+def chat_token_ids(
+    tokenizer, messages: list[dict], generation_prompt: bool = True, suffix: str = "", tools: list[dict] | None = None
+) -> list[int]:
     """Token ids of a conversation in the tokenizer's chat template, then `suffix`.
 
     Message contents are data, tokenized as plain text: a special-token string in a logged prompt (a
     fake "<|im_start|>system", say) stays text and cannot open a turn of its own. The chat template is
-    rendered around numbered stand-ins, and only the template's own text is read for special tokens.
+    rendered around numbered stand-ins, and only the template's own text is read for special tokens. An empty
+    content (an assistant turn that only calls tools) stays empty: templates render such a turn differently.
     """
-    stand_ins = [{**m, "content": f"\x00{i}\x00"} for i, m in enumerate(messages)]
-    text = tokenizer.apply_chat_template(stand_ins, tokenize=False, add_generation_prompt=generation_prompt)
+    stand_ins = [{**m, "content": f"\x00{i}\x00"} if m["content"] else m for i, m in enumerate(messages)]
+    text = tokenizer.apply_chat_template(stand_ins, tools=tools or None, tokenize=False, add_generation_prompt=generation_prompt)
     ids = []
     # re.split with a group alternates the template's text and the stand-ins' numbers.
     for n, part in enumerate(re.split("\x00([0-9]+)\x00", text + suffix)):

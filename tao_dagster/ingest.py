@@ -1,16 +1,13 @@
 """Parse production log files into prompts, keeping every bad row with its reason.
 
-A log file is JSONL (`{"messages": [...]}` or `{"prompt": "..."}` per line) or CSV with a text column.
-Each accepted row becomes a chat message list; its prompt id is a hash of the normalised messages, so
-the same prompt arriving in two files collapses to one prompt. Only roles and contents are read: any
-other field (a label, say) never leaves this module.
-
-A file is UTF-8 unless it starts with a byte-order mark (UTF-8, UTF-16 or UTF-32). Nothing else is
-guessed: a legacy 8-bit decoding accepts any bytes, so binary junk would pass for text. Bytes that do
-not decode are kept as markers, so only the rows that contain them are quarantined, not the whole file.
+A log file is JSON Lines, JSON, CSV with a text column, or Parquet, any of them gzipped (`.jsonl.gz`); its records
+are read by the reader of its log format (tao_dagster.traces), chosen by the `log_format` setting or from the
+file's first records. Each accepted record becomes a prompt conversation, with its tool definitions and what the
+log says of the call (the reply, the model, request id and time); its prompt id is a hash of the normalised
+messages, so the same prompt arriving in two files collapses to one prompt. What a reader does not keep (a label,
+say) never leaves this module.
 """
 
-import codecs
 import csv
 import hashlib
 import io
@@ -20,39 +17,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
-ROLES = ("system", "user", "assistant")
-LOG_SUFFIXES = (".jsonl", ".json", ".csv")
+from tao_dagster.traces import FORMATS, LogFormatName, Trace, detect, files, last_user_turn, read_trace
+from tao_dagster.traces.files import UNDECODABLE, FileProblem, Item, excerpt
+
+LOG_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")  # each also gzipped, with .gz after it
 LongPrompts = Literal["skip", "truncate"]
-RAW_EXCERPT_CHARS = 2000
-# UTF-32 first: its little-endian mark starts with UTF-16's.
-BYTE_ORDER_MARKS = (
-    (codecs.BOM_UTF32_LE, "utf-32"),
-    (codecs.BOM_UTF32_BE, "utf-32"),
-    (codecs.BOM_UTF8, "utf-8-sig"),
-    (codecs.BOM_UTF16_LE, "utf-16"),
-    (codecs.BOM_UTF16_BE, "utf-16"),
-)
-UNDECODABLE = re.compile("[\udc00-\udcff]")  # what `_mark_undecodable` leaves for a byte that does not decode
 SURROGATE = re.compile("[\ud800-\udfff]")
 CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 and DEL, except tab and line breaks
-# The line breaks bytes.splitlines knows: str.splitlines also breaks at U+2028 and others, which JSON strings may hold.
-LINE_BREAK = re.compile("\r\n|\r|\n")
-
-
-def _mark_undecodable(err: UnicodeDecodeError) -> tuple[str, int]:
-    """Decode error handler: each undecodable byte becomes a lone surrogate, as with `surrogateescape`,
-    but for any byte and any encoding (UTF-16 included), so decoding never fails as a whole."""
-    return "".join(chr(0xDC00 + byte) for byte in err.object[err.start : err.end]), err.end
-
-
-codecs.register_error("tao-mark-undecodable", _mark_undecodable)
 
 
 @dataclass
 class ParsedRow:
     line: int
-    messages: list[dict]
+    trace: Trace
     truncated: bool = False
+
+    @property
+    def messages(self) -> list[dict]:
+        return self.trace.messages
 
 
 @dataclass
@@ -67,14 +49,18 @@ class ParsedFile:
     path: Path
     rows: list[ParsedRow] = field(default_factory=list)
     bad: list[BadRow] = field(default_factory=list)
+    log_format: str = ""  # the reader that read its records
+    skipped: int = 0  # records of no model call (an HTTP span, a Langfuse SPAN): not rows
 
     @property
     def rows_read(self) -> int:
         return len(self.rows) + len(self.bad)
 
 
-class FileProblem(ValueError):
-    """The whole file cannot be used; it becomes one bad row at line 0."""
+def log_suffix(name: str) -> str | None:
+    """The log suffix of a file name (`.jsonl` for `x.jsonl` and `x.jsonl.gz`), None for a file that is no log."""
+    name = name.lower().removesuffix(".gz")
+    return next((suffix for suffix in LOG_SUFFIXES if name.endswith(suffix)), None)
 
 
 def normalise_text(text: str) -> str:
@@ -82,9 +68,17 @@ def normalise_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def prompt_id(messages: list[dict]) -> str:
-    canonical = json.dumps([[m["role"], normalise_text(m["content"])] for m in messages], ensure_ascii=False)
+def prompt_id(messages: list[dict], tools: list[dict] | None = None) -> str:
+    """The hash of the normalised turns, with their tool calls (not their ids, which differ per request) and the tool
+    definitions where there are any."""
+    turns = [[m["role"], normalise_text(m["content"]), *_calls(m)] for m in messages]
+    canonical = json.dumps({"messages": turns, "tools": tools} if tools else turns, ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _calls(message: dict) -> list:
+    calls = message.get("tool_calls")
+    return [[[c["function"]["name"], c["function"]["arguments"]] for c in calls]] if calls else []
 
 
 def is_heldout(pid: str, fraction: float) -> bool:
@@ -101,96 +95,54 @@ def heldout_part(pid: str) -> str:
     return HELDOUT_PARTS[int(pid[8:16], 16) % 2]
 
 
-def _decode(data: bytes) -> tuple[str, str]:
-    """The file's text and the name of its encoding, chosen by byte-order mark, UTF-8 without one."""
-    encoding = next((name for mark, name in BYTE_ORDER_MARKS if data.startswith(mark)), "utf-8")
-    return data.decode(encoding, errors="tao-mark-undecodable"), encoding.removesuffix("-sig").upper()
+def prompt_chars(trace: Trace) -> int:
+    """A prompt's length against max_prompt_chars: its turns' text, and its tool calls and definitions as JSON."""
+    calls = sum(len(json.dumps(m["tool_calls"], ensure_ascii=False)) for m in trace.messages if "tool_calls" in m)
+    return sum(len(m["content"]) for m in trace.messages) + calls + (len(json.dumps(trace.tools, ensure_ascii=False)) if trace.tools else 0)
 
 
-def _excerpt(text: str) -> str:
-    """The start of a bad row as storable text: undecodable bytes shown as \\xNN."""
-    return UNDECODABLE.sub(lambda byte: f"\\x{ord(byte[0]) - 0xDC00:02x}", text[:RAW_EXCERPT_CHARS])
-
-
-def _json_record(raw: str, encoding: str) -> object:
-    """The line's JSON value; ValueError when the line does not decode or parse."""
-    if UNDECODABLE.search(raw):
-        raise ValueError(f"line is not valid {encoding}")
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"malformed JSON: {err.msg}") from err
-    except RecursionError as err:
-        raise ValueError("JSON nested too deeply") from err
-
-
-def _messages_from_record(record: object) -> list[dict]:
-    if not isinstance(record, dict):
-        raise ValueError("line is not a JSON object")
-    if "messages" in record:
-        messages = record["messages"]
-        if not isinstance(messages, list) or not messages:
-            raise ValueError("'messages' is not a non-empty list")
-        out = []
-        for m in messages:
-            if not isinstance(m, dict) or not isinstance(m.get("content"), str):
-                raise ValueError("a message lacks a string 'content'")
-            if m.get("role") not in ROLES:
-                raise ValueError(f"unknown message role {m.get('role')!r}")
-            out.append({"role": m["role"], "content": m["content"]})
-        # A logged conversation may end with the assistant's answer: the prompt is everything before it.
-        while out and out[-1]["role"] == "assistant":
-            out.pop()
-        if not out or out[-1]["role"] != "user":
-            raise ValueError("conversation has no user turn to answer")
-        return out
-    if "prompt" in record:
-        if not isinstance(record["prompt"], str):
-            raise ValueError("'prompt' is not a string")
-        return [{"role": "user", "content": record["prompt"]}]
-    raise ValueError("object has neither 'messages' nor 'prompt'")
-
-
-def _accept(line: int, messages: list[dict], max_chars: int, long_prompts: LongPrompts) -> ParsedRow:
-    """The row if it can be used, cut to `max_chars` when `long_prompts` is "truncate"; else ValueError."""
-    for m in messages:
-        if SURROGATE.search(m["content"]):
-            raise ValueError("text has an unpaired surrogate escape (not valid Unicode)")
-        if CONTROL_CHARS.search(m["content"]):
-            raise ValueError("text contains control characters (binary data?)")
-    prompt = messages[-1]["content"]
+def _accept(line: int, trace: Trace, max_chars: int, long_prompts: LongPrompts) -> ParsedRow:
+    """The row if it can be used, its last user turn cut to fit `max_chars` when `long_prompts` is "truncate"; else ValueError."""
+    if SURROGATE.search(json.dumps([trace.messages, trace.tools, trace.reply, trace.model, trace.request_id], ensure_ascii=False)):
+        raise ValueError("text has an unpaired surrogate escape (not valid Unicode)")
+    if any(CONTROL_CHARS.search(text) for text in [*(m["content"] for m in trace.messages), trace.reply or ""]):
+        raise ValueError("text contains control characters (binary data?)")
+    messages = trace.messages
+    ask = last_user_turn(messages)
+    prompt = messages[ask]["content"]
     if not normalise_text(prompt):
         raise ValueError("empty prompt")
-    excess = sum(len(m["content"]) for m in messages) - max_chars
+    excess = prompt_chars(trace) - max_chars
     if excess <= 0:
-        return ParsedRow(line, messages)
+        return ParsedRow(line, trace)
     if long_prompts == "skip":
         raise ValueError(f"prompt has {max_chars + excess} characters, over the limit of {max_chars}")
     kept = prompt[: max(len(prompt) - excess, 0)]
     if not normalise_text(kept):
         raise ValueError(f"earlier turns leave no room for the prompt within the limit of {max_chars} characters")
-    return ParsedRow(line, [*messages[:-1], {"role": "user", "content": kept}], truncated=True)
+    trace.messages = [*messages[:ask], {**messages[ask], "content": kept}, *messages[ask + 1 :]]
+    return ParsedRow(line, trace, truncated=True)
 
 
-def _read_jsonl(parsed: ParsedFile, text: str, encoding: str, max_chars: int, long_prompts: LongPrompts) -> None:
-    lines = LINE_BREAK.split(text)
-    for line, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
+def _read_records(parsed: ParsedFile, items: list[Item], log_format: str, max_chars: int, long_prompts: LongPrompts) -> None:
+    """Each record through the format's reader (`auto`: the one its first records have)."""
+    reader = detect([item.value for item in items if not item.error]) if log_format == "auto" else FORMATS[log_format]
+    parsed.log_format = reader.name
+    for item in items:
         try:
-            record = _json_record(raw, encoding)
+            if item.error:
+                raise ValueError(item.error)
+            trace = read_trace(item.value, reader)
+            if trace is None:
+                parsed.skipped += 1
+            else:
+                parsed.rows.append(_accept(item.number, trace, max_chars, long_prompts))
         except ValueError as err:
-            # Only a last line can lack its newline: it may be a line still being written.
-            cut_short = " (no newline at the end: the file may have been cut short)" if line == len(lines) else ""
-            parsed.bad.append(BadRow(line, f"{err}{cut_short}", _excerpt(raw)))
-            continue
-        try:
-            parsed.rows.append(_accept(line, _messages_from_record(record), max_chars, long_prompts))
-        except ValueError as err:
-            parsed.bad.append(BadRow(line, str(err), _excerpt(raw)))
+            parsed.bad.append(BadRow(item.number, str(err), excerpt(item.raw)))
 
 
 def _read_csv(parsed: ParsedFile, text: str, encoding: str, text_column: str, max_chars: int, long_prompts: LongPrompts) -> None:
+    parsed.log_format = "csv"
     # The length limit decides about long prompts, not csv's field limit: no field is longer than the file.
     csv.field_size_limit(max(csv.field_size_limit(), len(text)))
     # strict: an unterminated quote (a file cut short) is an error, not a field that runs to the end.
@@ -216,37 +168,46 @@ def _read_csv(parsed: ParsedFile, text: str, encoding: str, text_column: str, ma
         try:
             if UNDECODABLE.search(raw):
                 raise ValueError(f"text is not valid {encoding}")
-            parsed.rows.append(_accept(reader.line_num, [{"role": "user", "content": raw}], max_chars, long_prompts))
+            parsed.rows.append(_accept(reader.line_num, Trace([{"role": "user", "content": raw}]), max_chars, long_prompts))
         except ValueError as err:
-            parsed.bad.append(BadRow(reader.line_num, str(err), _excerpt(raw)))
+            parsed.bad.append(BadRow(reader.line_num, str(err), excerpt(raw)))
 
 
-def parse_log_file(path: Path, text_column: str = "text", max_chars: int = 4000, long_prompts: LongPrompts = "skip") -> ParsedFile:
+def parse_log_file(
+    path: Path, text_column: str = "text", max_chars: int = 4000, long_prompts: LongPrompts = "skip", log_format: LogFormatName = "auto"
+) -> ParsedFile:
     """Read one log file; rows that cannot be used are returned in `bad` with line and reason.
 
     A problem with the whole file (unreadable, gone since it was listed, a CSV without the text
-    column) is one bad row at line 0, so that one broken file does not stop the others. An empty file
-    is a file with no rows. A prompt over `max_chars` is quarantined ("skip") or cut ("truncate").
+    column, not Parquet or gzip after all) is one bad row at line 0, so that one broken file does not stop the
+    others. An empty file is a file with no rows. A prompt over `max_chars` is quarantined ("skip") or cut ("truncate").
     """
     if long_prompts not in get_args(LongPrompts):
         raise ValueError(f"long_prompts must be one of {get_args(LongPrompts)}, not {long_prompts!r}")
+    if log_format not in get_args(LogFormatName):
+        raise ValueError(f"log_format must be one of {get_args(LogFormatName)}, not {log_format!r}")
     parsed = ParsedFile(path)
     text = ""
     try:
-        suffix = path.suffix.lower()
-        if suffix not in LOG_SUFFIXES:
-            raise FileProblem(f"unsupported log format {suffix!r} (expected .jsonl or .csv)")
+        suffix = log_suffix(path.name)
+        if suffix is None:
+            raise FileProblem(f"unsupported log format {path.suffix.lower()!r} (expected {', '.join(LOG_SUFFIXES)}, or one of them .gz)")
         try:
             data = path.read_bytes()
         except OSError as err:
             raise FileProblem(f"file could not be read: {err.strerror or err}") from err
-        text, encoding = _decode(data)
+        data = files.gunzip(data) if path.name.lower().endswith(".gz") else data
+        if suffix == ".parquet":
+            _read_records(parsed, files.records(files.parquet_rows(data)), log_format, max_chars, long_prompts)
+            return parsed
+        text, encoding = files.decode(data)
         if not text.strip():
             return parsed
         if suffix == ".csv":
             _read_csv(parsed, text, encoding, text_column, max_chars, long_prompts)
         else:
-            _read_jsonl(parsed, text, encoding, max_chars, long_prompts)
+            items = files.json_lines(text, encoding) if suffix == ".jsonl" else files.json_document(text, encoding)
+            _read_records(parsed, files.records(items), log_format, max_chars, long_prompts)
     except FileProblem as err:
-        parsed.bad.append(BadRow(0, str(err), _excerpt(text)))
+        parsed.bad.append(BadRow(0, str(err), excerpt(text)))
     return parsed

@@ -8,6 +8,7 @@ uses, and the Dagster layer builds its resources from the same table, bound to t
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 from tao_dagster.domain import DomainSettings, load_domain
 from tao_dagster.models import check_base_model
@@ -15,6 +16,7 @@ from tao_dagster.paths import PROJECT_ROOT, tao_home
 from tao_dagster.policies import PolicySettings
 from tao_dagster.serving.settings import ServeSettings
 from tao_dagster.storage import LogSource, s3_client
+from tao_dagster.traces import LogFormatName
 from tao_dagster.tracking import Tracking
 
 PROFILES = ("laptop", "prod")
@@ -23,6 +25,7 @@ PROFILES = ("laptop", "prod")
 ENVIRONMENT = {
     "TAO_DOMAIN": [("domain", "domain_file")],
     "TAO_LOGS": [("logs", "location")],
+    "TAO_LOG_FORMAT": [("domain", "log_format")],
     "TAO_ARTIFACTS": [("artifacts", "location")],
     "TAO_ROUND_MIN_NEW_PROMPTS": [("flywheel", "min_new_prompts")],
     "TAO_BASE_MODEL": [("policy", "base_model")],
@@ -113,13 +116,16 @@ def core_settings(home: Path | None = None, overrides: dict[str, dict] | None = 
 
 
 def check(sections: dict[str, dict]) -> None:
-    """Only cheap checks: the domain file and its scorers, a local base model path, a local log folder, and in
+    """Only cheap checks: the domain file and its scorers, a local base model path, the log format, a local log folder, and in
     the `prod` profile that logs and artifacts are in S3 and MLflow is a server, since pods do not keep files."""
     try:
         load_domain(sections["domain"]["domain_file"])
     except ValueError as err:
         raise ValueError(f"TAO_DOMAIN: {err}") from err
     check_base_model(sections["policy"].get("base_model", "embedded"))
+    log_format = sections["domain"].get("log_format", "auto")
+    if log_format not in get_args(LogFormatName):
+        raise ValueError(f"TAO_LOG_FORMAT: {log_format!r} is not a log format; use one of {', '.join(get_args(LogFormatName))}")
     logs = sections["logs"]["location"]
     if not logs.startswith("s3://"):  # a bucket is checked by the sensor's first listing
         LogSource(logs, Path()).list_files()

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tao_dagster.ingest import LOG_SUFFIXES
+from tao_dagster.ingest import log_suffix
 
 
 def split_s3_url(url: str) -> tuple[str, str]:
@@ -40,9 +40,13 @@ def partition_key(name: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
     if safe == name:
         return name
-    stem, dot, suffix = safe.rpartition(".")
     tag = hashlib.sha256(name.encode()).hexdigest()[:6]
-    return f"{stem}-{tag}.{suffix}" if dot else f"{safe}-{tag}"
+    # The whole log suffix (`.jsonl.gz`) stays at the end, so the key still names the file's format.
+    if log_suffix(safe):
+        suffix = safe[-(len(log_suffix(safe)) + 3 * safe.lower().endswith(".gz")) :]
+    else:
+        suffix = safe[safe.rfind(".") :] if "." in safe else ""
+    return f"{safe[: len(safe) - len(suffix)]}-{tag}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ class LogSource:
             raise FileNotFoundError(f"log location {folder} is not a readable folder: create it, or set TAO_LOGS or the logs resource")
         listed = []
         for path in sorted(folder.iterdir()):
-            if path.suffix.lower() in LOG_SUFFIXES and path.is_file():
+            if log_suffix(path.name) and path.is_file():
                 stat = path.stat()
                 listed.append((path.name, str(path), f"{stat.st_size}:{stat.st_mtime_ns}"))
         return listed
@@ -87,7 +91,7 @@ class LogSource:
         listed = []
         for obj in objects:
             name, etag = obj["Key"].removeprefix(prefix), obj["ETag"].strip('"')
-            if Path(name).suffix.lower() in LOG_SUFFIXES:
+            if log_suffix(name):
                 listed.append((name, f"s3://{bucket}/{obj['Key']}", f"{etag}:{obj['Size']}"))
         return listed
 

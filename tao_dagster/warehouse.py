@@ -49,7 +49,15 @@ create table if not exists eval_candidates (
 create table if not exists eval_answers (
     policy_version varchar, prompt_id varchar, response varchar, completion_tokens integer,
     primary key (policy_version, prompt_id));
+-- What a log says beyond the prompt (tao_dagster.traces): its tool definitions, and per logged call its request
+-- id and time, the model that answered and its reply.
+alter table prompts add column if not exists tools varchar;
+alter table prompt_sources add column if not exists request_id varchar;
+alter table prompt_sources add column if not exists requested_at timestamp;
+alter table prompt_sources add column if not exists model varchar;
+alter table prompt_sources add column if not exists reply varchar;
 """
+SOURCE_DETAILS = {"request_id": pl.String, "requested_at": pl.Datetime("us"), "model": pl.String, "reply": pl.String}
 
 
 LOCK_WAIT_SECONDS = 300.0
@@ -111,7 +119,8 @@ class Warehouse:
         """Replace what partition `key` holds by one file's rows, in one transaction; the counts of accepted,
         duplicate and quarantined rows, and of the held-out prompts among the partition's new ones.
 
-        `sources` are the file's accepted rows (line, source_file, prompt_id, messages, text, heldout). A row is a
+        `sources` are the file's accepted rows (line, source_file, prompt_id, messages, tools, text, heldout and
+        SOURCE_DETAILS). A row is a
         duplicate when its prompt came first in another partition or earlier in this file. The check and the
         writes share the transaction, which holds the file's lock, so a run ingesting another file at the same
         time cannot also take a shared prompt as new. The counts are read back from the tables written.
@@ -123,14 +132,14 @@ class Warehouse:
                 pid = row["prompt_id"]
                 duplicate = pid in seen or pid in prompts
                 if not duplicate:
-                    prompts[pid] = {k: row[k] for k in ("prompt_id", "messages", "text", "heldout")} | {"first_partition": key}
-                rows.append(
-                    {"partition": key, "source_file": row["source_file"], "line": row["line"], "prompt_id": pid, "duplicate": duplicate}
-                )
+                    prompts[pid] = {k: row[k] for k in ("prompt_id", "messages", "tools", "text", "heldout")} | {"first_partition": key}
+                place = {"partition": key, "source_file": row["source_file"], "line": row["line"], "prompt_id": pid, "duplicate": duplicate}
+                rows.append(place | {k: row[k] for k in SOURCE_DETAILS})
             con.execute("delete from prompt_sources where partition = ?", [key])
             con.execute("delete from quarantine where partition = ?", [key])
-            self.insert(con, "prompts", pl.DataFrame(list(prompts.values()), schema_overrides={"heldout": pl.Boolean}), "ignore")
-            self.insert(con, "prompt_sources", pl.DataFrame(rows))
+            prompt_schema = {"heldout": pl.Boolean, "tools": pl.String}
+            self.insert(con, "prompts", pl.DataFrame(list(prompts.values()), schema_overrides=prompt_schema), "ignore")
+            self.insert(con, "prompt_sources", pl.DataFrame(rows, schema_overrides=SOURCE_DETAILS))
             quarantine_schema = {"partition": pl.String, "source_file": pl.String, "line": pl.Int64, "reason": pl.String, "raw": pl.String}
             self.insert(con, "quarantine", pl.DataFrame([{"partition": key, **q} for q in quarantine], schema=quarantine_schema))
             accepted, duplicates = con.execute(
@@ -142,9 +151,9 @@ class Warehouse:
         return {"accepted": accepted, "duplicates": duplicates, "quarantined": quarantined, "heldout": heldout}
 
     def training_prompts(self, partitions: list[str]) -> pl.DataFrame:
-        """Prompts first seen in these partitions that are not held out: prompt_id, messages, first_partition."""
+        """Prompts first seen in these partitions that are not held out: prompt_id, messages, tools, first_partition."""
         return self.query(
-            """select prompt_id, messages, first_partition from prompts
+            """select prompt_id, messages, tools, first_partition from prompts
                where not heldout and first_partition in (select unnest(?)) order by prompt_id""",
             [partitions],
         )
@@ -152,12 +161,38 @@ class Warehouse:
     def heldout_prompts(self, part: str | None = None, limit: int = 0) -> pl.DataFrame:
         """Held-out prompts of one part (`gate` or `test`, see ingest.heldout_part; both if None) in their fixed
         hashed order, at most `limit` of them (0: all)."""
-        prompts = self.query("select prompt_id, messages, text from prompts where heldout order by prompt_id")
+        prompts = self.query("select prompt_id, messages, tools, text from prompts where heldout order by prompt_id")
         if part is not None:
             prompts = prompts.filter(pl.col("prompt_id").map_elements(heldout_part, return_dtype=pl.String) == part)
         return prompts.head(limit) if limit else prompts
 
+    def production_replies(self, prompt_ids: list[str]) -> pl.DataFrame:
+        """The reply production gave to each of these prompts that a log holds one for (prompt_id, model, reply): that
+        of its earliest logged call with a reply, in the prompt's first partition first."""
+        return self.query(
+            """select prompt_id, model, reply from (
+                   select s.prompt_id, s.model, s.reply, row_number() over (
+                       partition by s.prompt_id order by s.partition <> p.first_partition, s.partition, s.line) as n
+                   from prompt_sources s join prompts p using (prompt_id)
+                   where s.reply is not null and s.prompt_id in (select unnest(?::varchar[])))
+               where n = 1 order by prompt_id""",
+            [prompt_ids],
+        )
+
     # Candidates and scores
+
+    def replace_candidates(self, strategy: str, frame: pl.DataFrame) -> None:
+        """Make `frame` the candidates of `strategy` for its prompts, in one transaction; a candidate already stored
+        keeps its row and its scores."""
+        with self.transaction() as con:
+            con.register("incoming", frame)
+            con.execute(
+                """delete from candidates where strategy = ? and prompt_id in (select prompt_id from incoming)
+                   and candidate_id not in (select candidate_id from incoming)""",
+                [strategy],
+            )
+            con.unregister("incoming")
+            self.insert(con, "candidates", frame, "ignore")
 
     def candidate_ids(self, policy_version: str) -> set[str]:
         return set(self.query("select candidate_id from candidates where policy_version = ?", [policy_version])["candidate_id"])
@@ -173,11 +208,11 @@ class Warehouse:
         )
 
     def candidates(self, partitions: list[str] | None = None) -> pl.DataFrame:
-        """Candidates with their prompt's messages and text, in these partitions (all if None)."""
+        """Candidates with their prompt's messages, tools and text, in these partitions (all if None)."""
         where = "" if partitions is None else "where c.partition in (select unnest(?))"
         return self.query(
             f"""select c.candidate_id, c.prompt_id, c.partition, c.policy_version, c.strategy, c.sampling,
-                       c.response, c.completion_tokens, p.messages, p.text
+                       c.response, c.completion_tokens, p.messages, p.tools, p.text
                 from candidates c join prompts p using (prompt_id) {where}""",
             [] if partitions is None else [partitions],
         )

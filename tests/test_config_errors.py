@@ -67,7 +67,11 @@ def test_a_bad_scorer(monkeypatch, tmp_path, scorer, message):
 
 @pytest.mark.parametrize(
     "name, value, message",
-    [("TAO_GPUS", "two", "TAO_GPUS: 'two' is not a number of GPUs"), ("TAO_PROFILE", "k8s", "TAO_PROFILE: 'k8s' is not a profile")],
+    [
+        ("TAO_GPUS", "two", "TAO_GPUS: 'two' is not a number of GPUs"),
+        ("TAO_PROFILE", "k8s", "TAO_PROFILE: 'k8s' is not a profile"),
+        ("TAO_LOG_FORMAT", "jsonl", "TAO_LOG_FORMAT: 'jsonl' is not a log format; use one of auto, chat_completions"),
+    ],
 )
 def test_deployment_settings_are_checked(monkeypatch, name, value, message):
     monkeypatch.setenv(name, value)

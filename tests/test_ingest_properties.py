@@ -5,11 +5,15 @@ import codecs
 import csv
 import io
 import json
+from typing import get_args
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tao_dagster.ingest import ROLES, parse_log_file
+from tao_dagster.ingest import parse_log_file
+from tao_dagster.traces import ROLES, LogFormatName
+
+from .support.traces import CONVERSATION, TOOLS, gateway_log, langfuse_observation, otel_spans
 
 MAX_CHARS = 300
 # The parser writes one file per example into pytest's tmp_path; each example overwrites it.
@@ -29,7 +33,7 @@ def check_invariants(parsed, lines_in_file: int) -> None:
         assert bad.reason
         bad.raw.encode()  # storable as UTF-8 text
     for row in parsed.rows:
-        assert row.messages[-1]["role"] == "user" and row.messages[-1]["content"].strip()
+        assert row.messages[-1]["role"] in ("user", "tool") and any(m["role"] == "user" and m["content"].strip() for m in row.messages)
         assert sum(len(m["content"]) for m in row.messages) <= MAX_CHARS
         json.dumps(row.messages, ensure_ascii=False).encode()  # storable as UTF-8 text
 
@@ -100,3 +104,74 @@ def test_valid_csv_records_round_trip(tmp_path, prompts, encode):
     parsed = parse_log_file(path, max_chars=10_000)
     assert parsed.bad == []
     assert [r.messages for r in parsed.rows] == [[{"role": "user", "content": p}] for p in prompts]
+
+
+def valid_records() -> list[dict]:
+    """One record of each log format, as the libraries that write them write them."""
+    from google.protobuf.json_format import MessageToDict
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    [gateway] = gateway_log([CONVERSATION])
+    spans = otel_spans()
+    return [
+        gateway,
+        {"custom_id": "task-1", "method": "POST", "url": "/v1/chat/completions", "body": gateway["request"]},
+        {"messages": [*CONVERSATION, {"role": "assistant", "content": "It shipped."}], "tools": TOOLS},
+        *(json.loads(span.to_json()) for span in spans[:2]),
+        MessageToDict(encode_spans(spans[:2])),
+        langfuse_observation(1, input={"messages": CONVERSATION, "tools": TOOLS}),
+    ]
+
+
+def paths(value, prefix=()):
+    """Every place in a JSON value, as the keys and indices that lead to it."""
+    yield prefix
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        yield from paths(child, (*prefix, key))
+
+
+def replaced(value, path, new):
+    if not path:
+        return new
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[path[0]] = replaced(value[path[0]], path[1:], new)
+    return copy
+
+
+json_values = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), prompt_text, st.sampled_from(["user", "tool", "[", "{"])
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["role", "content", "type", "name", "text"]), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+VALID = valid_records()
+
+
+@st.composite
+def mutated(draw) -> dict:
+    """A valid record of some format with one to three of its values, anywhere in it, replaced by any JSON value."""
+    record = draw(st.sampled_from(VALID))
+    for _ in range(draw(st.integers(1, 3))):
+        record = replaced(record, draw(st.sampled_from(list(paths(record)))), draw(json_values))
+    return record
+
+
+@parser_settings
+@given(
+    records=st.lists(mutated(), max_size=5),
+    log_format=st.sampled_from(get_args(LogFormatName)),
+    suffix=st.sampled_from([".jsonl", ".json"]),
+)
+def test_records_of_any_shape_are_rows_or_quarantined_never_an_error(tmp_path, records, log_format, suffix):
+    path = tmp_path / f"log{suffix}"
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    parsed = parse_log_file(path, max_chars=MAX_CHARS, long_prompts="truncate", log_format=log_format)
+    numbers = [r.line for r in parsed.rows] + [b.line for b in parsed.bad]
+    assert len(numbers) == len(set(numbers)) and all(b.reason for b in parsed.bad)
+    for row in parsed.rows:
+        assert any(m["role"] == "user" and m["content"].strip() for m in row.messages)
+        json.dumps([row.messages, row.trace.tools, row.trace.reply], ensure_ascii=False).encode()  # storable

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,8 @@ def test_partition_keys_are_sanitised_and_never_shared():
     assert odd.startswith("day_1__prod_-") and odd.endswith(".jsonl") and len(odd) == len("day_1__prod_-123456.jsonl")
     assert partition_key("a/b.csv") != partition_key("a_b.csv") == "a_b.csv"
     assert partition_key("2026/11/07.jsonl") != partition_key("2026/11_07.jsonl")
+    # The whole log suffix stays at the end, so the S3 copy named after the key is still read as gzipped JSON Lines.
+    assert re.fullmatch(r"gateway_2026-11-02-[0-9a-f]{6}\.jsonl\.gz", partition_key("gateway/2026-11-02.jsonl.gz"))
 
 
 def test_demo_domain_strategies_and_plain_prompt():

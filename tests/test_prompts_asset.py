@@ -106,7 +106,7 @@ def test_every_kind_of_bad_input_is_quarantined_or_accepted_and_reruns_agree(tmp
         (6, "line is not valid UTF-8"),
         (7, "malformed JSON"),
         (8, "malformed JSON"),
-        (9, "unknown message role 'tool'"),
+        (9, "conversation has no user turn to answer"),  # a tool turn alone
         (10, "empty prompt"),
         (13, "malformed JSON"),
     ]

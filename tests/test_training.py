@@ -1,3 +1,5 @@
+import json
+
 import polars as pl
 import pytest
 
@@ -45,13 +47,18 @@ def test_checkpoint_id_depends_on_parent_settings_and_data():
 
 def test_dpo_records_pair_the_plain_prompt_with_both_answers():
     frame = candidates([("p1", "a", "good", 0.9), ("p1", "b", "bad", 0.1), ("p2", "c", "fine", 0.8), ("p2", "d", "poor", 0.0)])
-    plain = {"p1": [{"role": "user", "content": "one"}], "p2": [{"role": "user", "content": "two"}]}
-    records = dpo_records(build_pairs(frame, TrainSettings()), plain)
+    one, two = [{"role": "user", "content": "one"}], [{"role": "user", "content": "two"}]
+    pairs = build_pairs(frame, TrainSettings())
+    records = dpo_records(pairs, {"p1": (one, None), "p2": (two, None)})
     assistant = [[{"role": "assistant", "content": text}] for text in ("good", "bad", "fine", "poor")]
     assert records == [
-        {"prompt": plain["p1"], "chosen": assistant[0], "rejected": assistant[1]},
-        {"prompt": plain["p2"], "chosen": assistant[2], "rejected": assistant[3]},
+        {"prompt": one, "chosen": assistant[0], "rejected": assistant[1]},
+        {"prompt": two, "chosen": assistant[2], "rejected": assistant[3]},
     ]
+    # Tools production offered go with their prompt, as TRL's `tools` field (JSON text); every record has the field.
+    tools = [{"type": "function", "function": {"name": "card_status", "parameters": {"type": "object"}}}]
+    with_tools = dpo_records(pairs, {"p1": (one, tools), "p2": (two, None)})
+    assert [r["tools"] for r in with_tools] == [json.dumps(tools), None]
 
 
 def card_pairs(n: int) -> list[dict]:
@@ -279,3 +286,23 @@ def test_an_untested_trl_leaves_the_forward_to_trl_with_one_warning(monkeypatch,
     assert model.forward is trl_forward and model.shares_prompts is False
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and f"TRL {trl.__version__} is " in warnings[0] and "TRL's own forward" in warnings[0]
+
+
+def test_the_pairs_dataset_keeps_each_prompt_as_it_was():
+    """Arrow structs would give every message the fields of all (a tool call's arguments every tool call's keys)."""
+    from tao_dagster.training.dpo import pairs_dataset
+
+    def call(name, arguments):
+        return {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}],
+        }
+
+    answers = {"chosen": [{"role": "assistant", "content": "yes"}], "rejected": [{"role": "assistant", "content": "no"}]}
+    records = [
+        {"prompt": [{"role": "user", "content": "a"}, call("card_status", {"card": "1234"})], **answers, "tools": "[]"},
+        {"prompt": [{"role": "user", "content": "b"}, call("branch", {"city": "Paris"})], **answers, "tools": None},
+        {"prompt": [{"role": "user", "content": "c"}], **answers, "tools": None},
+    ]
+    assert pairs_dataset(records).to_list() == records

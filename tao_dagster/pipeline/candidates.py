@@ -15,6 +15,7 @@ from tao_dagster.policies import Policy, PolicySettings
 from tao_dagster.warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
+PRODUCTION = "production"  # the strategy (and policy version prefix) of a reply production gave
 
 
 def candidate_id(prompt_id: str, policy_version: str, strategy: str, sampling: str, index: int) -> str:
@@ -34,16 +35,16 @@ class Planned:
 
 
 def plan_requests(spec: Domain, prompts: pl.DataFrame, policy_version: str, existing: set[str], partition: str = "") -> list[Planned]:
-    """Every strategy's samples for each prompt (prompt_id, messages[, first_partition]) not in `existing` yet."""
+    """Every strategy's samples for each prompt (prompt_id, messages, tools[, first_partition]) not in `existing` yet."""
     todo = []
     for row in prompts.iter_rows(named=True):
-        conversation = json.loads(row["messages"])
+        conversation, tools = json.loads(row["messages"]), json.loads(row["tools"] or "null")
         for strategy in spec.strategies:
             sampling = strategy.settings_key()
             for index in range(strategy.samples):
                 cid = candidate_id(row["prompt_id"], policy_version, strategy.name, sampling, index)
                 if cid not in existing:
-                    request = spec.strategy_request(conversation, strategy)
+                    request = spec.strategy_request(conversation, strategy, tools)
                     todo.append(Planned(cid, row["prompt_id"], row.get("first_partition", partition), strategy, index, request))
     return todo
 
@@ -100,10 +101,38 @@ def generate_and_store(
     return generated, new_tokens, seconds
 
 
+def production_candidates(db: Warehouse, partitions: list[str]) -> int:
+    """The reply production gave to each training prompt of these partitions, as one more candidate of it (strategy
+    `production`), scored like the others. Its policy version names the model that gave it, which no policy version
+    equals, so a round never trains on it; it is keyed by its text, as its sampling settings are not known."""
+    prompts = db.training_prompts(partitions).select("prompt_id", "first_partition")
+    replies = db.production_replies(prompts["prompt_id"].to_list()).join(prompts, on="prompt_id")
+    rows = []
+    for pid, model, reply, partition in replies.iter_rows():
+        version = f"{PRODUCTION}:{model or 'unknown'}"
+        cid = candidate_id(pid, version, PRODUCTION, hashlib.sha256(reply.encode()).hexdigest()[:16], 0)
+        rows.append(
+            {
+                "candidate_id": cid,
+                "prompt_id": pid,
+                "partition": partition,
+                "policy_version": version,
+                "strategy": PRODUCTION,
+                "sampling": "",
+                "sample_index": 0,
+                "response": reply,
+                "engine": PRODUCTION,
+            }
+        )
+    if rows:
+        db.replace_candidates(PRODUCTION, pl.DataFrame(rows))
+    return len(rows)
+
+
 def generate_candidates(
     db: Warehouse, domain: DomainSettings, settings: PolicySettings, policy: Policy, partitions: list[str], log=logger
 ) -> dict:
-    """Generate and store the missing candidates of these partitions."""
+    """Generate and store the missing candidates of these partitions, and take in production's replies."""
     spec = domain.load()
     n_prompts, todo = plan_candidates(db, spec, policy.version, partitions)
     log.info(f"{n_prompts} prompts, {len(todo)} candidates to generate with {policy.version}")
@@ -111,6 +140,7 @@ def generate_candidates(
     stats = db.candidate_stats(policy.version, partitions)
     return {
         "policy_version": policy.version,
+        "production_candidates": production_candidates(db, partitions),
         "prompts": n_prompts,
         "candidates_generated": generated,
         "candidates_reused": n_prompts * sum(s.samples for s in spec.strategies) - generated,

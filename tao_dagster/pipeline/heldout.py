@@ -33,7 +33,10 @@ def heldout_answers(db: Warehouse, spec: Domain, settings: PolicySettings, polic
     if todo.height:
         with open_engine(policy.path, settings.engine_settings()) as llm:
             for chunk in todo.iter_slices(settings.generation_chunk):  # stored chunk by chunk, like candidates
-                outputs = llm.generate([spec.plain_request(json.loads(m)) for m in chunk["messages"]])
+                requests = [
+                    spec.plain_request(json.loads(m), json.loads(t or "null")) for m, t in chunk.select("messages", "tools").iter_rows()
+                ]
+                outputs = llm.generate(requests)
                 answers = {
                     "policy_version": policy.version,
                     "prompt_id": chunk["prompt_id"],

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tao_dagster.domain import DomainSettings
 from tao_dagster.ingest import is_heldout, normalise_text, parse_log_file, prompt_id
+from tao_dagster.traces import last_user_turn
 from tao_dagster.warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
@@ -14,30 +15,36 @@ logger = logging.getLogger(__name__)
 def ingest_partition(db: Warehouse, key: str, path: Path, domain: DomainSettings, log=logger) -> dict:
     """Parse the file and replace partition `key` with its rows; every bad row is quarantined with its reason.
     Returns the partition's counts: rows_read = accepted + duplicates + quarantined when nothing was lost."""
-    parsed = parse_log_file(path, domain.text_column, domain.max_prompt_chars, domain.long_prompts)
+    parsed = parse_log_file(path, domain.text_column, domain.max_prompt_chars, domain.long_prompts, domain.log_format)
     for bad in parsed.bad:
         log.warning(f"{parsed.path}:{bad.line}: quarantined: {bad.reason}")
     sources = []
     for row in parsed.rows:
-        pid = prompt_id(row.messages)
+        trace = row.trace
+        pid = prompt_id(trace.messages, trace.tools)
         sources.append(
             {
                 "line": row.line,
                 "source_file": str(parsed.path),
                 "prompt_id": pid,
-                "messages": json.dumps(row.messages, ensure_ascii=False),
-                "text": normalise_text(row.messages[-1]["content"]),
+                "messages": json.dumps(trace.messages, ensure_ascii=False),
+                "tools": json.dumps(trace.tools, ensure_ascii=False) if trace.tools else None,
+                "text": normalise_text(trace.messages[last_user_turn(trace.messages)]["content"]),
                 "heldout": is_heldout(pid, domain.heldout_fraction),
+                **{k: getattr(trace, k) for k in ("request_id", "requested_at", "model", "reply")},
             }
         )
     quarantine = [{"source_file": str(parsed.path), "line": b.line, "reason": b.reason, "raw": b.raw} for b in parsed.bad]
     stored = db.store_partition(key, sources, quarantine)
     return {
         "partition": key,
+        "log_format": parsed.log_format,
         "rows_read": parsed.rows_read,
         **{k: stored[k] for k in ("accepted", "duplicates", "quarantined")},
         "truncated": sum(row.truncated for row in parsed.rows),
         "heldout": stored["heldout"],
+        "with_reply": sum(row.trace.reply is not None for row in parsed.rows),
+        "skipped": parsed.skipped,  # records of no model call, which are not rows
     }
 
 

@@ -73,6 +73,18 @@ def ceiling(
     }, best
 
 
+def versus_production(db: Warehouse, answered: pl.DataFrame, tuned: np.ndarray, scorers: list[Scorer]) -> dict | None:
+    """The tuned model against the replies production gave, on the held-out test prompts a log holds one for (the
+    model users got is the baseline that matters most); None when no log had replies."""
+    production = db.production_replies(answered["prompt_id"].to_list())
+    if production.height == 0:
+        return None
+    production = production.rename({"reply": "response"}).join(answered.select("prompt_id", "text"), on="prompt_id").sort("prompt_id")
+    versus = compare(answer_rewards(production, scorers), tuned[answered["prompt_id"].is_in(production["prompt_id"].to_list()).to_numpy()])
+    versus["production_mean_reward"] = versus.pop("base_mean_reward")
+    return versus | {"production_models": sorted(set(production["model"].drop_nulls()))}
+
+
 def evaluate(
     db: Warehouse, domain: DomainSettings, settings: PolicySettings, tracking: Tracking, artifacts: ArtifactStore, tuned: Policy
 ) -> tuple[dict, list[Alarm], dict]:
@@ -89,6 +101,8 @@ def evaluate(
     report = {"checkpoint_id": tuned.checkpoint_id, "parent": checkpoint["parent"], **compare(rewards["base"], rewards["tuned"])}
     measured, best = ceiling(db, spec, settings, tracking, checkpoint["parent"], prompts, scorers, rewards["base"], rewards["tuned"])
     report |= measured
+    if versus := versus_production(db, answered, rewards["tuned"], scorers):
+        report["vs_production"] = versus
     report["base_mean_tokens"] = float(base["completion_tokens"].mean())
     report["tuned_mean_tokens"] = float(answered["completion_tokens"].mean())
     report["eval_scorers"] = [s.name for s in scorers]
@@ -113,7 +127,8 @@ def evaluate(
         import mlflow
 
         mlflow.log_metrics({f"eval_{k}": v for k, v in report.items() if isinstance(v, int | float)})
-        mlflow.log_metrics({f"eval_outside_{k}": v for k, v in report.get("outside_check", {}).items() if isinstance(v, int | float)})
+        for name, prefix in (("outside_check", "eval_outside_"), ("vs_production", "eval_production_")):
+            mlflow.log_metrics({f"{prefix}{k}": v for k, v in report.get(name, {}).items() if isinstance(v, int | float)})
         for path in (json_path, md_path, plot):
             mlflow.log_artifact(str(path), artifact_path="eval")
     files = {"report_json": json_path, "report_md": md_path, "plot": plot, "markdown": markdown}

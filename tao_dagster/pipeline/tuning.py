@@ -12,6 +12,7 @@ from tao_dagster.domain import Domain, DomainSettings
 from tao_dagster.errors import StageError
 from tao_dagster.hardware import compute_precision
 from tao_dagster.paths import tao_home
+from tao_dagster.pipeline.candidates import PRODUCTION
 from tao_dagster.pipeline.scores import candidate_rewards
 from tao_dagster.policies import Policy, PolicySettings, checkpoint_policy, current_policy
 from tao_dagster.storage import ArtifactStore
@@ -38,7 +39,9 @@ def training_data(db: Warehouse, spec: Domain, parent: Policy, settings: TrainSe
     """On-policy data only: candidates of an older policy are stale for a round that starts from this one."""
     scored = candidate_rewards(db, spec.build_scorers())  # all policies' candidates, to count the stale ones
     rewards = scored.filter(pl.col("policy_version") == parent.version)
-    stale = scored.height - rewards.height
+    # Production's replies are left out too (another model's answers to the prompt without the domain's
+    # instruction), but they are not stale: counted apart.
+    stale = scored.filter(pl.col("strategy") != PRODUCTION).height - rewards.height
     pairs = build_pairs(rewards, settings)
     if pairs.height == 0:
         raise StageError(
@@ -50,9 +53,11 @@ def training_data(db: Warehouse, spec: Domain, parent: Policy, settings: TrainSe
     return TrainingData(rewards, pairs, stale, *checkpoint_id(parent.version, settings, pairs))
 
 
-def plain_prompts(spec: Domain, rewards: pl.DataFrame) -> dict[str, list[dict]]:
-    """Each prompt as served: the plain prompt, never the exploration scaffolding its candidates came from."""
-    return {pid: spec.messages(json.loads(m)) for pid, m in rewards.select("prompt_id", "messages").unique("prompt_id").iter_rows()}
+def plain_prompts(spec: Domain, rewards: pl.DataFrame) -> dict[str, tuple[list[dict], list[dict] | None]]:
+    """Each prompt as served, with the tools production offered: the plain prompt, never the exploration scaffolding
+    its candidates came from."""
+    prompts = rewards.select("prompt_id", "messages", "tools").unique("prompt_id")
+    return {pid: (spec.messages(json.loads(m)), json.loads(t or "null")) for pid, m, t in prompts.iter_rows()}
 
 
 def train_and_register(

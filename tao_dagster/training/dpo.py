@@ -37,14 +37,22 @@ def train_dpo(
     """
     if settings.batch_size % processes:
         raise ValueError(f"batch_size {settings.batch_size} must be a multiple of the {processes} training processes")
-    from datasets import Dataset
-
     precision = precision or compute_precision()
     if processes > 1:
-        return launch_data_parallel(model_path, Dataset.from_list(pairs), settings, out_dir, work_dir, processes, precision)
+        return launch_data_parallel(model_path, pairs_dataset(pairs), settings, out_dir, work_dir, processes, precision)
     from tao_dagster.training.trainer import train_process
 
-    return train_process(model_path, Dataset.from_list(pairs), settings, out_dir, work_dir, precision)
+    return train_process(model_path, pairs_dataset(pairs), settings, out_dir, work_dir, precision)
+
+
+def pairs_dataset(pairs: list[dict]):
+    """The records as a Dataset whose conversations are stored as JSON: as Arrow structs every message would get every
+    field any message has (a tool call's arguments the keys of every tool call's), changing the prompts rendered."""
+    from datasets import Dataset, Features, Json, Value
+
+    return Dataset.from_list(
+        pairs, features=Features({k: Value("string") if k == "tools" else Json() for k in (pairs[0] if pairs else {})})
+    )
 
 
 def launch_data_parallel(

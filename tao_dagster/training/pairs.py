@@ -109,14 +109,18 @@ def checkpoint_id(parent: str, settings: TrainSettings, pairs: pl.DataFrame) -> 
     return hashlib.sha256(spec.encode()).hexdigest()[:12], data_hash
 
 
-def dpo_records(pairs: pl.DataFrame, plain_prompts: dict[str, list[dict]]) -> list[dict]:
+def dpo_records(pairs: pl.DataFrame, plain_prompts: dict[str, tuple[list[dict], list[dict] | None]]) -> list[dict]:
     """TRL conversational records of `pairs` (prompt_id, chosen, rejected) for `train_dpo`, each prompt the plain
-    messages `plain_prompts` maps its prompt_id to: the prompt as served, not the scaffolding that explored it."""
-    return [
-        {
-            "prompt": plain_prompts[pid],
+    messages and tool definitions `plain_prompts` maps its prompt_id to: the prompt as served, not the scaffolding
+    that explored it. Records have TRL's `tools` field only when a prompt has tools."""
+    with_tools = any(plain_prompts[pid][1] for pid in pairs["prompt_id"])
+    records = []
+    for pid, chosen, rejected in pairs.select("prompt_id", "chosen", "rejected").iter_rows():
+        messages, tools = plain_prompts[pid]
+        record = {
+            "prompt": messages,
             "chosen": [{"role": "assistant", "content": chosen}],
             "rejected": [{"role": "assistant", "content": rejected}],
         }
-        for pid, chosen, rejected in pairs.select("prompt_id", "chosen", "rejected").iter_rows()
-    ]
+        records.append(record | {"tools": json.dumps(tools) if tools else None} if with_tools else record)
+    return records

@@ -10,7 +10,7 @@ from tao_dagster.evaluation import markdown_table
 from tao_dagster.pipeline.prompts import ingest_partition, reconciles
 
 COUNTS_RECONCILE = "counts_reconcile"
-COUNTED = ("rows_read", "accepted", "duplicates", "quarantined", "truncated", "heldout")
+COUNTED = ("rows_read", "accepted", "duplicates", "quarantined", "truncated", "heldout", "with_reply", "skipped")
 
 
 def reconcile_counts(per_partition: list[dict]) -> dg.AssetCheckResult:
