@@ -50,13 +50,17 @@ def test_log_files_reach_an_s3_location_whole_once_closed(tmp_path, s3_endpoint,
     assert json.loads(local.read_text())["request_id"] == "req-1" and not list((tmp_path / "spool").iterdir())
 
 
-def test_the_model_sees_the_plain_prompt_of_the_last_user_turn_and_anything_else_as_sent():
+def test_the_model_sees_the_plain_prompt_around_the_last_user_turn_as_ingestion_reads_it():
     domain = load_domain(BANKING / "domain.yaml")
-    parts = [{"role": "user", "content": [{"type": "text", "text": "Where is"}, {"type": "text", "text": "my card?"}]}]
-    assert with_instruction(domain, parts) == domain.messages([{"role": "user", "content": "Where is\nmy card?"}])
-    tool_turn = [*parts, {"role": "assistant", "content": None, "tool_calls": []}, {"role": "tool", "content": "{}", "tool_call_id": "a"}]
-    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:"}}]}]
-    for messages in (tool_turn, image, [], "not a list"):
+    parts = [
+        {"role": "user", "content": [{"type": "text", "text": "Where is"}, {"type": "image_url"}, {"type": "text", "text": "my card?"}]}
+    ]
+    plain = domain.messages([{"role": "user", "content": "Where is\nmy card?"}])
+    assert with_instruction(domain, parts) == plain
+    call = {"id": "a", "type": "function", "function": {"name": "card_status", "arguments": "{}"}}
+    tool_turns = [{"role": "assistant", "content": None, "tool_calls": [call]}, {"role": "tool", "content": "{}", "tool_call_id": "a"}]
+    assert with_instruction(domain, [*parts, *tool_turns]) == [*plain, *tool_turns]  # tool turns as sent
+    for messages in ([{"role": "system", "content": "no user turn"}], [{"content": "no role"}], [], "not a list", None):
         assert with_instruction(domain, messages) is messages
 
 

@@ -25,6 +25,7 @@ from tao_dagster.serving.backends import Backend
 from tao_dagster.serving.champion import Champion
 from tao_dagster.serving.settings import API_KEY_VARIABLE, ServeSettings
 from tao_dagster.serving.tracelog import TraceLog, exchange
+from tao_dagster.traces.messages import content_text, last_user_turn
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +38,15 @@ def error(
 
 
 def with_instruction(domain: Domain, messages):
-    """The conversation as the model was trained on it: the domain's plain template around the last user turn
-    (text parts joined). Anything else (a tool turn last, an image part, a malformed list) goes as sent,
-    for the backend to answer or refuse."""
-    if not (isinstance(messages, list) and messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "user"):
+    """The conversation as the model was trained on it: the domain's plain template around the last user turn,
+    whose text is read as ingestion reads it (text parts joined by newlines, other parts dropped); every other
+    turn goes as sent. A conversation without a readable user turn goes as sent, for the backend to answer or refuse."""
+    try:
+        ask = last_user_turn(messages)
+        text = content_text(messages[ask].get("content"), "user")
+    except (ValueError, TypeError, KeyError, AttributeError):
         return messages
-    content = messages[-1].get("content")
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        content = "\n".join(str(p.get("text", "")) for p in content)
-    if not isinstance(content, str):
-        return messages
-    return domain.messages([*messages[:-1], {"role": "user", "content": content}])
+    return domain.messages([*messages[:ask], {"role": "user", "content": text}, *messages[ask + 1 :]])
 
 
 def assemble(chunks: list[dict]) -> dict:
