@@ -219,6 +219,9 @@ def test_the_servers_own_traffic_trains_the_checkpoint_it_then_serves(tmp_path, 
             db = resources["warehouse"].get()
             stored = [json.loads(m) for m in db.query("select messages from prompts")["messages"]]
             assert sorted(map(json.dumps, stored)) == sorted({json.dumps(m) for m in conversations})  # as the application sent them
+            # The server's replies are candidates too, named by the snapshot that gave them.
+            production = db.query("select policy_version, count(*) as n from candidates where strategy = 'production' group by all")
+            assert production["policy_version"].to_list() == [f"production:tao-banking@base:{tiny_vllm_model_dir.name}"]
             round1 = run_round(instance, resources, learning_rate=3e-3, epochs=8, sft_weight=2.0, lora_r=32, lora_alpha=64)
             assert gate_of(round1).passed, gate_of(round1).metadata["reason"].value
             ckpt = round1.asset_materializations_for_node("tuned_checkpoint")[0].metadata["checkpoint_id"].value
