@@ -37,6 +37,7 @@ ENVIRONMENT = {
     "TAO_SERVE_MODEL": [("serve", "model_name")],
     "TAO_SERVE_HOST": [("serve", "host")],
     "TAO_SERVE_PORT": [("serve", "port")],
+    "TAO_SERVE_ADD_INSTRUCTION": [("serve", "add_instruction")],
     "TAO_SERVE_POLL_SECONDS": [("serve", "poll_seconds")],
     "TAO_SERVE_ROTATE_BYTES": [("serve", "rotate_bytes")],
     "TAO_SERVE_ROTATE_SECONDS": [("serve", "rotate_seconds")],

@@ -14,7 +14,8 @@ class ServeSettings(BaseModel):
     add_instruction: bool = Field(
         True,
         description="Applications send the conversation alone, as the logs hold it; the server puts the domain's instruction "
-        "into the last user turn (the plain template), as training and evaluation do. Off: requests reach the model as sent.",
+        "into the last user turn (the plain template), as training and evaluation do. Off: requests reach the model as sent "
+        "(TAO_SERVE_ADD_INSTRUCTION).",
     )
     poll_seconds: float = Field(
         30.0, description="How often the MLflow registry is asked whether the champion changed (TAO_SERVE_POLL_SECONDS)."
