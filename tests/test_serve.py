@@ -154,24 +154,25 @@ def register_checkpoint(home, model_dir, checkpoint_id: str) -> str:
 @pytest.mark.slow
 def test_a_promoted_checkpoint_takes_over_without_a_failed_request(
     tmp_path, embedded_model_dir, tiny_vllm_model_dir, learnable_domain_file
-):  # noqa: E501
+):
     home = tmp_path / "home"
     checkpoint = build_tiny_model(embedded_model_dir, home / "checkpoints" / "ckpt-switch", seed=1, **VLLM_TINY_HEADS)
     env = serve_env(tmp_path, tiny_vllm_model_dir, learnable_domain_file)
-    answered, failures, stop = [], [], threading.Event()
+    answered, failures, stop = [[], [], []], [], threading.Event()
 
-    def traffic(client: openai.OpenAI) -> None:
+    def traffic(client: openai.OpenAI, answers: list) -> None:
+        """One request after another: (when it was answered, the snapshot that answered)."""
         while not stop.is_set():
             try:
                 answer = client.chat.completions.create(model="tao-banking", messages=QUESTION, max_tokens=4)
-                answered.append((time.monotonic(), answer.model))
+                answers.append((time.monotonic(), answer.model))
             except openai.OpenAIError as err:
                 failures.append(repr(err))
 
     with tao_serve(env, tmp_path / "serve.log") as (url, server):
         client = openai.OpenAI(base_url=url, api_key="unused")
         old_backend = psutil.Process(server.pid).children()
-        senders = [threading.Thread(target=traffic, args=(client,)) for _ in range(3)]
+        senders = [threading.Thread(target=traffic, args=(client, answers)) for answers in answered]
         for sender in senders:
             sender.start()
         try:
@@ -187,11 +188,12 @@ def test_a_promoted_checkpoint_takes_over_without_a_failed_request(
         assert card.model_version == version and card.policy_version == checkpoint_version("ckpt-switch")
         assert card.root == "tao-banking@ckpt:ckpt-switch"
     assert failures == []
-    models = [model for _, model in sorted(answered)]
     old, new = f"tao-banking@base:{tiny_vllm_model_dir.name}", "tao-banking@ckpt:ckpt-switch"
-    first_new = models.index(new)
-    assert set(models[:first_new]) == {old} and set(models[first_new:]) == {new}  # one switch, never back
-    assert sum(1 for at, model in answered if at > switched) > 3 and len(models[:first_new]) > 3
+    for answers in answered:  # each client's requests follow one another: the base model, then the checkpoint, never back
+        models = [model for _, model in answers]
+        first_new = models.index(new)
+        assert set(models[:first_new]) == {old} and set(models[first_new:]) == {new} and first_new > 1
+        assert sum(1 for at, _ in answers if at > switched) > 1
     assert "stopped the backend for base:" in (tmp_path / "serve.log").read_text()
 
 

@@ -51,23 +51,24 @@ def dagster_dev(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, subp
     GraphQL answers; always stop it. MLFLOW_TRACKING_URI is not inherited (mlflow.set_tracking_uri exports
     it): the server uses the store under its TAO_HOME unless `env` names one."""
     port = free_port()
-    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    tao = Path(sys.executable).with_name("tao-dagster")
     with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [str(tao), "dev", "--port", str(port)],
-            env={**inherited, **env},
-            cwd=PROJECT_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        server = start_tao(["dev", "--port", str(port)], env, log)
         try:
             url = f"http://127.0.0.1:{port}"
             wait_for("GraphQL endpoint", lambda: graphql(url, "{ version }").get("data"), 180, server)
             yield url, server
         finally:
             stop_group(server, signal.SIGINT)
+
+
+def start_tao(arguments: list[str], env: dict[str, str], log) -> subprocess.Popen:
+    """`tao-dagster <arguments>` from the checkout, in a session of its own, its output in `log`; these variables
+    over the environment, except MLFLOW_TRACKING_URI (mlflow.set_tracking_uri exports it)."""
+    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    tao = Path(sys.executable).with_name("tao-dagster")
+    return subprocess.Popen(
+        [str(tao), *arguments], env={**inherited, **env}, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def stop_group(server: subprocess.Popen, sig: int, timeout: float = 60) -> None:
@@ -118,17 +119,8 @@ def tao_serve(env: dict[str, str], log_path: Path, stop_signal: int = signal.SIG
     process) once its first backend answers; always stop it with `stop_signal` to its process group (a
     terminal's Ctrl-C is SIGINT), then kill whatever is left. MLFLOW_TRACKING_URI is not inherited."""
     port = free_port()
-    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    tao = Path(sys.executable).with_name("tao-dagster")
     with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [str(tao), "serve", "--port", str(port)],
-            env={**inherited, **env},
-            cwd=PROJECT_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        server = start_tao(["serve", "--port", str(port)], env, log)
         try:
             url = f"http://127.0.0.1:{port}"
 
