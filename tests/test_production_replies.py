@@ -82,8 +82,12 @@ def test_the_tuned_model_is_compared_with_production_where_a_reply_was_logged(tm
     (tmp_path / "plain.jsonl").write_text(jsonl([{"prompt": q} for q in QUERIES[6:10]]))  # no replies logged
     ingest_partition(db, "gateway.jsonl", tmp_path / "gateway.jsonl", domain)
     ingest_partition(db, "plain.jsonl", tmp_path / "plain.jsonl", domain)
-    prompts = db.heldout_prompts()
-    answered = prompts.select("prompt_id", "text", response=pl.lit('{"topic": "card"}'), completion_tokens=pl.lit(5)).sort("prompt_id")
+    logged = db.production_replies(db.heldout_prompts()["prompt_id"].to_list())["prompt_id"].to_list()
+    # The tuned model answers in the domain's JSON where production has a reply, in prose elsewhere.
+    answered = db.heldout_prompts().sort("prompt_id").select("prompt_id", "text", completion_tokens=pl.lit(5))
+    answered = answered.with_columns(
+        response=pl.when(pl.col("prompt_id").is_in(logged)).then(pl.lit('{"topic": "card"}')).otherwise(pl.lit("Hm."))
+    )
     scorers = pointwise_scorers(domain.load().build_scorers())
     versus = versus_production(db, answered, answer_rewards(answered, scorers), scorers)
     assert versus["n"] == 6 and versus["production_models"] == ["gpt-4o-mini-2024-07-18"]

@@ -39,8 +39,8 @@ def training_data(db: Warehouse, spec: Domain, parent: Policy, settings: TrainSe
     """On-policy data only: candidates of an older policy are stale for a round that starts from this one."""
     scored = candidate_rewards(db, spec.build_scorers())  # all policies' candidates, to count the stale ones
     rewards = scored.filter(pl.col("policy_version") == parent.version)
-    # Production's replies are left out too (another model's answers to the prompt without the domain's
-    # instruction), but they are not stale: counted apart.
+    # Production's replies are left out too (another model's answers to the application's own prompt), but they
+    # are not stale candidates, so not counted as such.
     stale = scored.filter(pl.col("strategy") != PRODUCTION).height - rewards.height
     pairs = build_pairs(rewards, settings)
     if pairs.height == 0:

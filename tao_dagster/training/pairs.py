@@ -112,7 +112,7 @@ def checkpoint_id(parent: str, settings: TrainSettings, pairs: pl.DataFrame) -> 
 def dpo_records(pairs: pl.DataFrame, plain_prompts: dict[str, tuple[list[dict], list[dict] | None]]) -> list[dict]:
     """TRL conversational records of `pairs` (prompt_id, chosen, rejected) for `train_dpo`, each prompt the plain
     messages and tool definitions `plain_prompts` maps its prompt_id to: the prompt as served, not the scaffolding
-    that explored it. Records have TRL's `tools` field only when a prompt has tools."""
+    that explored it. When any prompt has tools, every record has TRL's `tools` field (JSON text, None without)."""
     with_tools = any(plain_prompts[pid][1] for pid in pairs["prompt_id"])
     records = []
     for pid, chosen, rejected in pairs.select("prompt_id", "chosen", "rejected").iter_rows():
