@@ -22,7 +22,7 @@ from tao_dagster.settings import core_settings
 from tao_dagster.storage import LogSource
 
 from .conftest import BANKING, build_tiny_model, gate_of, run_round, sensor_tick, tiny_resources
-from .support.devserver import tao_serve, wait_for
+from .support.devserver import free_port, start_tao, tao_serve, wait_for
 from .support.models import VLLM_TINY_HEADS
 
 KEY = "sk-planted-serve-key-4e1d"
@@ -125,6 +125,24 @@ def test_serve_answers_the_openai_client_and_logs_every_exchange_for_the_sensor(
     assert not [str(p) for p in files if KEY in p.read_bytes().decode("latin-1")], "the API key leaked"
 
 
+@pytest.mark.servers
+@pytest.mark.slow
+def test_a_model_vllm_cannot_load_stops_the_server_with_the_reason(tmp_path, tiny_vllm_model_dir, learnable_domain_file):
+    broken = tmp_path / "no-weights"
+    broken.mkdir()
+    for path in tiny_vllm_model_dir.iterdir():
+        if path.suffix != ".safetensors":
+            (broken / path.name).write_bytes(path.read_bytes())
+    env = serve_env(tmp_path, broken, learnable_domain_file)
+    with (tmp_path / "serve.log").open("w") as log:
+        server = start_tao(["serve", "--port", str(free_port())], env, log)
+        code = server.wait(timeout=600)
+    output = (tmp_path / "serve.log").read_text()
+    assert code == 1, output[-3000:]
+    assert "nothing to serve: the backend for base:no-weights exited with code 1: RuntimeError: Cannot find any model weights" in output
+    assert f"its whole log: {tmp_path / 'home' / 'serve'}" in output
+
+
 def serving(client: openai.OpenAI, checkpoint_id: str):
     """The model card once `checkpoint_id` answers, else None."""
     (card,) = client.models.list().data
@@ -187,6 +205,9 @@ def test_a_promoted_checkpoint_takes_over_without_a_failed_request(
                 sender.join()
         assert card.model_version == version and card.policy_version == checkpoint_version("ckpt-switch")
         assert card.root == "tao-banking@ckpt:ckpt-switch"
+        backends = backend_processes(server)
+    assert server.returncode == -signal.SIGTERM  # uvicorn stops, then lets SIGTERM end the process
+    assert not [p for p in backends if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert failures == []
     old, new = f"tao-banking@base:{tiny_vllm_model_dir.name}", "tao-banking@ckpt:ckpt-switch"
     for answers in answered:  # each client's requests follow one another: the base model, then the checkpoint, never back

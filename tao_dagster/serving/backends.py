@@ -27,6 +27,8 @@ from tao_dagster.hardware import compute_precision, vllm_cpu_environment
 from tao_dagster.policies import Policy
 from tao_dagster.serving.settings import API_KEY_VARIABLE
 
+# An exception line, bare or behind vLLM's "(Worker pid=1) ERROR 12-01 18:20:17 [file.py:953] " prefix.
+FIRST_ERROR = re.compile(r"^(?:\(\w+ pid=\d+\) ERROR [^\]]*\] )?((?:\w+\.)*\w*(?:Error|Exception): .*)$", re.MULTILINE)
 PR_SET_PDEATHSIG = 1
 _prctl = getattr(ctypes.CDLL(None), "prctl", None)  # Linux; resolved here so the forked child only calls it
 
@@ -58,11 +60,14 @@ class Backend:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def log_tail(self, lines: int = 15) -> str:
+    def first_error(self) -> str:
+        """The first exception its log names (vLLM's root cause: later ones only say that a process failed)."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            text = self.log_path.read_text(errors="replace")
         except OSError:
-            return ""
+            return "its log could not be read"
+        found = FIRST_ERROR.search(text)
+        return found.group(1) if found else "no exception in its log"
 
 
 def _die_with_parent() -> None:
@@ -119,8 +124,8 @@ async def wait_healthy(backend: Backend, client: httpx.AsyncClient, timeout: flo
     while True:
         if not backend.alive():
             raise BackendFailed(
-                f"the backend for {backend.policy.version} exited with code {backend.process.returncode}; "
-                f"the end of {backend.log_path}:\n{backend.log_tail()}"
+                f"the backend for {backend.policy.version} exited with code {backend.process.returncode}: "
+                f"{backend.first_error()} (its whole log: {backend.log_path})"
             )
         with contextlib.suppress(httpx.TransportError):
             answer = await client.get(f"{backend.url}/models", headers=backend.headers, timeout=5)
