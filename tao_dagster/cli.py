@@ -143,6 +143,26 @@ def run_demo(rounds: int, logs_from: str, max_eval_prompts: int) -> None:
             print_headline(report)
 
 
+def serve(host: str | None, port: int | None, model_name: str | None) -> int:
+    """The champion behind an OpenAI-compatible endpoint, its traffic logged into the log location."""
+    from tao_dagster.serving.server import run_server
+    from tao_dagster.settings import check, core_settings, from_environment
+
+    given = {"host": host, "port": port, "model_name": model_name}
+    overrides = {"serve": {k: v for k, v in given.items() if v is not None}}
+    location = from_environment(overrides=overrides)["logs"]["location"]
+    if not location.startswith("s3://"):
+        Path(location).mkdir(parents=True, exist_ok=True)  # the server writes the logs: it may create their folder
+    check(from_environment(overrides=overrides))
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[tao %(asctime)s] %(message)s", "%H:%M:%S"))
+    served = logging.getLogger("tao_dagster.serving")
+    served.setLevel(logging.INFO)
+    served.addHandler(handler)
+    served.propagate = False  # not also through the root handler
+    return run_server(core_settings(overrides=overrides))
+
+
 def print_headline(report: dict) -> None:
     check = report.get("outside_check", {})
     print(f"  {report['gate']}. Held-out prompts: {report['n']}")
@@ -182,6 +202,10 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--max-eval-prompts", type=int, default=0, help="cap on held-out prompts evaluated (0: all)")
     dev = sub.add_parser("dev", help="start the Dagster UI, daemon, sensor and schedule (dagster dev) with the project's instance")
     dev.add_argument("--port", type=int, default=3000, help="UI and GraphQL port on 127.0.0.1")
+    serving = sub.add_parser("serve", help="serve the champion on an OpenAI-compatible endpoint and log its traffic for the flywheel")
+    serving.add_argument("--host", help="address to listen on (default TAO_SERVE_HOST or 127.0.0.1)")
+    serving.add_argument("--port", type=int, help="port (default TAO_SERVE_PORT or 8000)")
+    serving.add_argument("--model-name", help="the stable model name applications send (default TAO_SERVE_MODEL or tao-<domain name>)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     keep_caches_in_home()
@@ -194,6 +218,12 @@ def main(argv: list[str] | None = None) -> None:
                 stage("interrupted: stopped, nothing retried")
                 sys.exit(130)
             raise
+    elif args.command == "serve":
+        try:
+            return serve(args.host, args.port, args.model_name)
+        except KeyboardInterrupt:  # uvicorn raises the Ctrl-C again once every backend is stopped
+            stage("interrupted: stopped")
+            sys.exit(130)
     elif args.command == "dev":
         dagster = Path(sys.executable).with_name("dagster")
         os.execv(dagster, [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.port)])

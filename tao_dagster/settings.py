@@ -14,6 +14,7 @@ from tao_dagster.domain import DomainSettings, load_domain
 from tao_dagster.models import check_base_model
 from tao_dagster.paths import PROJECT_ROOT, tao_home
 from tao_dagster.policies import PolicySettings
+from tao_dagster.serving.settings import ServeSettings
 from tao_dagster.storage import LogSource, s3_client
 from tao_dagster.traces import LogFormatName
 from tao_dagster.tracking import Tracking
@@ -33,6 +34,13 @@ ENVIRONMENT = {
     "TAO_VLLM_BLOCK_SIZE": [("policy", "block_size")],
     "TAO_GPUS": [("policy", "tensor_parallel_size"), ("policy", "train_processes")],
     "MLFLOW_TRACKING_URI": [("mlflow", "tracking_uri")],
+    "TAO_SERVE_MODEL": [("serve", "model_name")],
+    "TAO_SERVE_HOST": [("serve", "host")],
+    "TAO_SERVE_PORT": [("serve", "port")],
+    "TAO_SERVE_ADD_INSTRUCTION": [("serve", "add_instruction")],
+    "TAO_SERVE_POLL_SECONDS": [("serve", "poll_seconds")],
+    "TAO_SERVE_ROTATE_BYTES": [("serve", "rotate_bytes")],
+    "TAO_SERVE_ROTATE_SECONDS": [("serve", "rotate_seconds")],
 }
 
 
@@ -64,6 +72,7 @@ def defaults(home: Path | None = None) -> dict[str, dict]:
         "flywheel": {"min_new_prompts": 50},
         "policy": {"cache_dir": str(home / "cache")},
         "mlflow": {"tracking_uri": tracking_uri},  # artifacts beside a SQLite store; a server decides its own
+        "serve": {},  # `tao-dagster serve` only: no Dagster resource
     }
 
 
@@ -91,6 +100,7 @@ class Settings:
     tracking: Tracking
     logs: LogSource
     warehouse_path: str
+    serve: ServeSettings
 
 
 def core_settings(home: Path | None = None, overrides: dict[str, dict] | None = None) -> Settings:
@@ -102,6 +112,7 @@ def core_settings(home: Path | None = None, overrides: dict[str, dict] | None = 
         Tracking(**sections["mlflow"]),
         LogSource(sections["logs"]["location"], (home or tao_home()) / "cache" / "logs", s3_client),
         sections["warehouse"]["path"],
+        ServeSettings(**sections["serve"]),
     )
 
 

@@ -15,7 +15,7 @@ from tao_dagster.defs.resources import ArtifactStoreResource, LogSourceResource,
 from tao_dagster.models import resolve_base_model
 from tao_dagster.paths import PROJECT_ROOT
 
-from .support.models import save_tiny_llama
+from .support.models import VLLM_TINY_HEADS, save_tiny_llama
 from .support.servers import S3_CREDENTIALS, postgres_bin, postgres_server, s3_server
 
 # The same cache the demo uses: the GGUF conversion (about 25 s) happens once per machine.
@@ -56,6 +56,12 @@ def tiny_model_dir(embedded_model_dir, tmp_path_factory) -> Path:
     return save_tiny_llama(embedded_model_dir, tmp_path_factory.mktemp("tiny-model"))
 
 
+@pytest.fixture(scope="session")
+def tiny_vllm_model_dir(embedded_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with 32-wide attention heads, the narrowest vLLM's CPU attention runs (it refuses 16)."""
+    return save_tiny_llama(embedded_model_dir, tmp_path_factory.mktemp("tiny-vllm-model"), **VLLM_TINY_HEADS)
+
+
 def tiny_resources(home: Path, logs: Path, model: Path, domain_file: Path, artifacts: ArtifactStoreResource | None = None) -> dict:
     """The resources of a project home with the tiny model on a domain it can learn, its logs in a local folder."""
     resources = default_resources(
@@ -81,6 +87,11 @@ def run_round(instance, resources, gate: bool = True, **train) -> dg.ExecuteInPr
         run_config={"ops": {"tuned_checkpoint": {"config": config}}},
         raise_on_error=False,
     )
+
+
+def gate_of(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
+    (gate,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "promotion_gate"]
+    return gate
 
 
 def sensor_tick(instance, logs: LogSourceResource, cursor: str | None) -> dg.SensorResult:

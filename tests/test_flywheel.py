@@ -8,7 +8,7 @@ from tao_dagster.defs.flywheel.schedules import flywheel_round
 from tao_dagster.defs.resources import MlflowResource
 from tao_dagster.policies import champion_policy
 
-from .conftest import run_round, sensor_tick, tiny_resources, write_banking_log
+from .conftest import gate_of, run_round, sensor_tick, tiny_resources, write_banking_log
 
 PLANTED_SECRETS = {
     "AWS_ACCESS_KEY_ID": "AKIAPLANTED7Q2X9Z",
@@ -33,11 +33,6 @@ def round_trigger(instance, resources):
     """One evaluation of the flywheel schedule."""
     with dg.build_schedule_context(instance=instance, resources=resources) as context:
         return flywheel_round(context)
-
-
-def gate_of(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
-    (gate,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "promotion_gate"]
-    return gate
 
 
 @pytest.mark.slow

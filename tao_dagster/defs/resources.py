@@ -90,13 +90,13 @@ def bound(section: str, name: str, variable: str, value: str):
 def default_resources(home: Path | None = None, overrides: dict[str, dict] | None = None) -> dict:
     """The resources of the code location, from tao_dagster.settings.from_environment(home, overrides): the one
     factory, also of the CLI, the tests and the benches. Checked before anything runs."""
-    sections = from_environment(home, overrides)
+    sections = {section: values for section, values in from_environment(home, overrides).items() if section in RESOURCES}
     if "TAO_LOGS" not in os.environ and "location" not in (overrides or {}).get("logs", {}):
         Path(sections["logs"]["location"]).mkdir(parents=True, exist_ok=True)
     check(sections)
     for variable, targets in ENVIRONMENT.items():
         for section, name in targets:
-            if variable in os.environ and name not in (overrides or {}).get(section, {}):
+            if variable in os.environ and section in sections and name not in (overrides or {}).get(section, {}):
                 sections[section][name] = bound(section, name, variable, sections[section][name])
     for section in ("logs", "artifacts"):
         sections[section]["s3"] = S3Resource()

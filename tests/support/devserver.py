@@ -1,5 +1,5 @@
 """Servers as child processes, for the tests and benchmarks that drive the real thing: `tao-dagster dev`,
-and vLLM's OpenAI-compatible server (an LLM judge's endpoint).
+`tao-dagster serve`, and vLLM's OpenAI-compatible server (an LLM judge's endpoint).
 
 Each runs in its own session and is stopped through its process group, children included: `dagster dev`
 started in the background ignores SIGTERM but stops on SIGINT; vLLM's engine core is a process of its own
@@ -10,21 +10,16 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 from tao_dagster.paths import PROJECT_ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tao_dagster.serving.backends import free_port
 
 
 def graphql(url: str, query: str, variables: dict | None = None) -> dict:
@@ -56,23 +51,24 @@ def dagster_dev(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, subp
     GraphQL answers; always stop it. MLFLOW_TRACKING_URI is not inherited (mlflow.set_tracking_uri exports
     it): the server uses the store under its TAO_HOME unless `env` names one."""
     port = free_port()
-    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    tao = Path(sys.executable).with_name("tao-dagster")
     with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [str(tao), "dev", "--port", str(port)],
-            env={**inherited, **env},
-            cwd=PROJECT_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        server = start_tao(["dev", "--port", str(port)], env, log)
         try:
             url = f"http://127.0.0.1:{port}"
             wait_for("GraphQL endpoint", lambda: graphql(url, "{ version }").get("data"), 180, server)
             yield url, server
         finally:
             stop_group(server, signal.SIGINT)
+
+
+def start_tao(arguments: list[str], env: dict[str, str], log) -> subprocess.Popen:
+    """`tao-dagster <arguments>` from the checkout, in a session of its own, its output in `log`; these variables
+    over the environment, except MLFLOW_TRACKING_URI (mlflow.set_tracking_uri exports it)."""
+    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    tao = Path(sys.executable).with_name("tao-dagster")
+    return subprocess.Popen(
+        [str(tao), *arguments], env={**inherited, **env}, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def stop_group(server: subprocess.Popen, sig: int, timeout: float = 60) -> None:
@@ -115,3 +111,28 @@ def vllm_server(model: str, log_path: Path, api_key: str | None = None, name: st
             yield url, server
         finally:
             stop_group(server, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def tao_serve(env: dict[str, str], log_path: Path, stop_signal: int = signal.SIGTERM) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start `tao-dagster serve` with these environment variables on a free port; yield (base URL ending in /v1,
+    process) once its first backend answers; always stop it with `stop_signal` to its process group (a
+    terminal's Ctrl-C is SIGINT), then kill whatever is left. MLFLOW_TRACKING_URI is not inherited."""
+    port = free_port()
+    with log_path.open("w") as log:
+        server = start_tao(["serve", "--port", str(port)], env, log)
+        try:
+            url = f"http://127.0.0.1:{port}"
+
+            def healthy() -> bool:
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                        return response.status == 200
+                except urllib.error.HTTPError:  # 503 while the first backend starts
+                    return False
+
+            wait_for("a healthy tao-dagster serve", healthy, 600, server)
+            yield f"{url}/v1", server
+        finally:
+            if server.poll() is None:
+                stop_group(server, stop_signal)
