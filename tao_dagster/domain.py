@@ -48,6 +48,9 @@ class Strategy:
         return sorted(self.choices, key=lambda c: hashlib.sha256(f"{pid}|{c}".encode()).hexdigest())[self.slot]
 
 
+PLAIN_ANSWER = "plain_answer"
+
+
 @dataclass
 class Domain:
     name: str
@@ -72,9 +75,14 @@ class Domain:
     def strategy_request(self, conversation: list[dict], strategy: Strategy) -> Request:
         return Request(self.messages(conversation, strategy.template), strategy.sampling, strategy.prefix_for(conversation))
 
-    def plain_request(self, conversation: list[dict]) -> Request:
-        """What production sends: the plain prompt, greedy."""
-        return Request(self.messages(conversation), self.eval_sampling)
+    def plain_strategy(self) -> Strategy:
+        """What production sends, as a strategy of one greedy sample: how the gate and the report ask for answers."""
+        return Strategy(PLAIN_ANSWER, self.plain_template, self.eval_sampling, 1)
+
+    def requested_strategies(self) -> list[Strategy]:
+        """Every strategy a prompt may be sent with: exploration's, and the plain answer of the gate and the report
+        (whose best-of-N ceiling also explores held-out prompts)."""
+        return [*self.strategies, self.plain_strategy()]
 
     def resolve(self, relative: str) -> Path:
         return (self.path.parent / relative).resolve()

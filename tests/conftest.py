@@ -51,24 +51,35 @@ def embedded_model_dir() -> Path:
     return Path(resolve_base_model("embedded", MODEL_CACHE))
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(embedded_model_dir, tmp_path_factory) -> Path:
+def tiny_model(out: Path, tokenizer_dir: Path, **overrides) -> Path:
+    """A tiny random Llama (tiny_llama_config with `overrides`) and the embedded tokenizer, saved in `out`."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = tiny_llama_config(
         tokenizer,
         max_position_embeddings=1024,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
+        **overrides,
     )
     torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny-model")
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(embedded_model_dir, tmp_path_factory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("tiny-model"), embedded_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_vllm_model_dir(embedded_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with two heads of 32, the smallest head vLLM's CPU attention supports."""
+    return tiny_model(tmp_path_factory.mktemp("tiny-vllm-model"), embedded_model_dir, num_attention_heads=2, num_key_value_heads=1)
 
 
 def tiny_resources(home: Path, logs: Path, model: Path, domain_file: Path, artifacts: ArtifactStoreResource | None = None) -> dict:

@@ -10,6 +10,8 @@ from tao_dagster.defs.prompts.assets import raw_prompts, reconcile_counts
 from tao_dagster.defs.resources import default_resources
 from tao_dagster.warehouse import Warehouse
 
+from .conftest import MODEL_CACHE
+
 DOMAIN = "assets/banking/domain.yaml"
 
 
@@ -43,6 +45,7 @@ def test_raw_prompts_quarantines_and_reconciles(tmp_path):
         "domain": {"domain_file": DOMAIN, "heldout_fraction": 0.0},
         "logs": {"location": str(logs)},
         "warehouse": {"path": str(tmp_path / "wh.duckdb")},
+        "policy": {"cache_dir": str(MODEL_CACHE)},
     }
     resources = default_resources(tmp_path, overrides)
     keys = ["a.jsonl", "b.csv", "c.csv", "gone.csv"]  # gone.csv: a partition whose file was removed
@@ -88,6 +91,7 @@ def test_every_kind_of_bad_input_is_quarantined_or_accepted_and_reruns_agree(tmp
         "domain": {"domain_file": DOMAIN, "heldout_fraction": 0.0, "max_prompt_chars": 200, "long_prompts": "truncate"},
         "logs": {"location": str(logs)},
         "warehouse": {"path": str(tmp_path / "wh.duckdb")},
+        "policy": {"cache_dir": str(MODEL_CACHE)},
     }
     resources = default_resources(tmp_path, overrides)
     keys = ["a.jsonl", "b.csv", "c.jsonl"]
@@ -149,7 +153,12 @@ def test_a_row_lost_on_its_way_to_the_warehouse_fails_the_check_and_blocks_downs
     def downstream() -> None:
         ran.append(True)
 
-    overrides = {"domain": {"domain_file": DOMAIN}, "logs": {"location": str(logs)}, "warehouse": {"path": str(tmp_path / "wh.duckdb")}}
+    overrides = {
+        "domain": {"domain_file": DOMAIN},
+        "logs": {"location": str(logs)},
+        "warehouse": {"path": str(tmp_path / "wh.duckdb")},
+        "policy": {"cache_dir": str(MODEL_CACHE)},
+    }
     resources = default_resources(tmp_path, overrides)
     result = materialize_partitions([raw_prompts, downstream], ["a.jsonl"], resources, raise_on_error=False)
     [check] = result.get_asset_check_evaluations()

@@ -12,11 +12,11 @@ from dagster_aws.s3 import S3Resource
 
 from tao_dagster.defs.partitions import log_files
 from tao_dagster.defs.prompts.assets import raw_prompts
-from tao_dagster.defs.resources import DomainResource, LogSourceResource, WarehouseResource
+from tao_dagster.defs.resources import DomainResource, LogSourceResource, PolicyResource, WarehouseResource
 from tao_dagster.paths import PROJECT_ROOT
 from tao_dagster.storage import partition_key
 
-from .conftest import sensor_tick
+from .conftest import MODEL_CACHE, sensor_tick
 
 DOMAIN = str(PROJECT_ROOT / "assets" / "banking" / "domain.yaml")
 DAY1 = "\n".join(json.dumps({"prompt": p}) for p in ("Where is my card?", "How do I top up?")) + "\n"
@@ -45,6 +45,7 @@ def sensor_lifecycle(instance, logs: LogSourceResource, put, tmp_path: Path, nes
     resources = {
         "logs": logs,
         "domain": DomainResource(domain_file=DOMAIN, heldout_fraction=0.0),
+        "policy": PolicyResource(cache_dir=str(MODEL_CACHE)),
         "warehouse": WarehouseResource(path=str(tmp_path / "wh.duckdb")),
     }
     tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}

@@ -4,6 +4,7 @@ import json
 import logging
 from pathlib import Path
 
+from tao_dagster.context_window import WindowCheck
 from tao_dagster.domain import DomainSettings
 from tao_dagster.ingest import is_heldout, normalise_text, parse_log_file, prompt_id
 from tao_dagster.warehouse import Warehouse
@@ -11,10 +12,12 @@ from tao_dagster.warehouse import Warehouse
 logger = logging.getLogger(__name__)
 
 
-def ingest_partition(db: Warehouse, key: str, path: Path, domain: DomainSettings, log=logger) -> dict:
-    """Parse the file and replace partition `key` with its rows; every bad row is quarantined with its reason.
+def ingest_partition(db: Warehouse, key: str, path: Path, domain: DomainSettings, window: WindowCheck, log=logger) -> dict:
+    """Parse the file and replace partition `key` with its rows; every bad row, and every prompt that does not fit
+    the model's `window` with some strategy, is quarantined with its reason (or cut, under long_prompts: truncate).
     Returns the partition's counts: rows_read = accepted + duplicates + quarantined when nothing was lost."""
     parsed = parse_log_file(path, domain.text_column, domain.max_prompt_chars, domain.long_prompts)
+    window.apply(parsed, domain.long_prompts)
     for bad in parsed.bad:
         log.warning(f"{parsed.path}:{bad.line}: quarantined: {bad.reason}")
     sources = []

@@ -10,10 +10,10 @@ from tao_dagster.domain import Domain, DomainSettings
 from tao_dagster.evaluation import answer_distribution, compare, load_labels, outside_check, plot_report, write_report
 from tao_dagster.paths import tao_home
 from tao_dagster.pipeline.diagnosis import why_no_lift
-from tao_dagster.pipeline.heldout import answer_rewards, best_of_n, heldout_answers, heldout_prompts, pointwise_scorers
+from tao_dagster.pipeline.heldout import answer_rewards, best_of_n, heldout_answers, heldout_prompts, on_common_prompts, pointwise_scorers
 from tao_dagster.pipeline.scores import policy_rewards
 from tao_dagster.policies import Policy, PolicySettings, base_policy, policy_of_version
-from tao_dagster.rewards import Scorer, extract_field
+from tao_dagster.rewards import extract_field
 from tao_dagster.storage import ArtifactStore
 from tao_dagster.tracking import Tracking
 from tao_dagster.warehouse import Warehouse
@@ -52,25 +52,13 @@ def reward_choices(spec: Domain, texts: list[str]) -> list[str] | None:
     return chooser.choose(texts) if chooser else None
 
 
-def ceiling(
-    db: Warehouse,
-    spec: Domain,
-    settings: PolicySettings,
-    tracking: Tracking,
-    parent: str,
-    prompts: pl.DataFrame,
-    scorers: list[Scorer],
-    base: np.ndarray,
-    tuned: np.ndarray,
-) -> tuple[dict, pl.DataFrame]:
+def ceiling(best_reward: np.ndarray, base: np.ndarray, tuned: np.ndarray) -> dict:
     """Best-of-N of the parent on the test prompts, and how much of its gain over the base the tuned model kept."""
-    best = best_of_n(db, spec, settings, policy_of_version(db, settings, tracking, parent), prompts)
-    reward = answer_rewards(best, scorers)
-    gap = float(reward.mean() - base.mean())
+    gap = float(best_reward.mean() - base.mean())
     return {
-        "best_of_n_mean_reward": float(reward.mean()),
+        "best_of_n_mean_reward": float(best_reward.mean()),
         "distillation_ratio": float((tuned.mean() - base.mean()) / gap) if gap > 0 else float("nan"),
-    }, best
+    }
 
 
 def evaluate(
@@ -82,13 +70,15 @@ def evaluate(
     spec = domain.load()
     checkpoint = db.checkpoint(tuned.checkpoint_id)
     prompts = heldout_prompts(db, domain, "test")
-    base = heldout_answers(db, spec, settings, base_policy(settings), prompts)
-    answered = heldout_answers(db, spec, settings, tuned, prompts)
+    base, answered, best = on_common_prompts(
+        heldout_answers(db, spec, settings, base_policy(settings), prompts),
+        heldout_answers(db, spec, settings, tuned, prompts),
+        best_of_n(db, spec, settings, policy_of_version(db, settings, tracking, checkpoint["parent"]), prompts),
+    )
     scorers = pointwise_scorers(spec.build_scorers())
-    rewards = {"base": answer_rewards(base, scorers), "tuned": answer_rewards(answered, scorers)}
+    rewards = {name: answer_rewards(frame, scorers) for name, frame in (("base", base), ("tuned", answered), ("best_of_n", best))}
     report = {"checkpoint_id": tuned.checkpoint_id, "parent": checkpoint["parent"], **compare(rewards["base"], rewards["tuned"])}
-    measured, best = ceiling(db, spec, settings, tracking, checkpoint["parent"], prompts, scorers, rewards["base"], rewards["tuned"])
-    report |= measured
+    report |= ceiling(rewards["best_of_n"], rewards["base"], rewards["tuned"])
     report["base_mean_tokens"] = float(base["completion_tokens"].mean())
     report["tuned_mean_tokens"] = float(answered["completion_tokens"].mean())
     report["eval_scorers"] = [s.name for s in scorers]

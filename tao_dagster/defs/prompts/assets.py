@@ -2,9 +2,10 @@
 
 import dagster as dg
 
+from tao_dagster.context_window import window_check
 from tao_dagster.defs.deploy import cpu_step
 from tao_dagster.defs.partitions import prompt_partition_asset
-from tao_dagster.defs.resources import DomainResource, LogSourceResource, WarehouseResource
+from tao_dagster.defs.resources import DomainResource, LogSourceResource, PolicyResource, WarehouseResource
 from tao_dagster.defs.steps import TRANSIENT_RETRY, stage_step
 from tao_dagster.evaluation import markdown_table
 from tao_dagster.pipeline.prompts import ingest_partition, reconciles
@@ -31,7 +32,8 @@ def reconcile_counts(per_partition: list[dict]) -> dg.AssetCheckResult:
     retry_policy=TRANSIENT_RETRY,  # reading from S3
     op_tags=cpu_step(),
     description="Prompts parsed from one production log file: deduplicated by a hash of the normalised "
-    "messages, a deterministic held-out slice set aside for evaluation only, bad rows quarantined with reason.",
+    "messages, a deterministic held-out slice set aside for evaluation only, bad rows and prompts too long for the "
+    "model's window with some strategy (in the policy's tokens) quarantined with reason.",
     check_specs=[
         dg.AssetCheckSpec(
             COUNTS_RECONCILE,
@@ -43,13 +45,13 @@ def reconcile_counts(per_partition: list[dict]) -> dg.AssetCheckResult:
 )
 @stage_step
 def raw_prompts(
-    context: dg.AssetExecutionContext, domain: DomainResource, logs: LogSourceResource, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, domain: DomainResource, policy: PolicyResource, logs: LogSourceResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    db, source = warehouse.get(), logs.get()
+    db, source, window = warehouse.get(), logs.get(), window_check(domain.load(), policy)
     per_partition, fingerprints, listed = [], {}, source.list_files()
     for key in context.partition_keys:
         path, fingerprints[key] = source.fetch(key, listed)  # a file gone since it was listed is quarantined as unreadable
-        per_partition.append(ingest_partition(db, key, path, domain, context.log))
+        per_partition.append(ingest_partition(db, key, path, domain, window, context.log))
         context.log.info(f"raw_prompts {key}: {per_partition[-1]}")
     totals = {k: sum(c[k] for c in per_partition) for k in COUNTED}
     return dg.MaterializeResult(
