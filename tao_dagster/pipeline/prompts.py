@@ -7,6 +7,7 @@ from pathlib import Path
 from tao_dagster.context_window import WindowCheck
 from tao_dagster.domain import DomainSettings
 from tao_dagster.ingest import is_heldout, normalise_text, parse_log_file, prompt_id
+from tao_dagster.records import count_records
 from tao_dagster.warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
@@ -15,8 +16,11 @@ logger = logging.getLogger(__name__)
 def ingest_partition(db: Warehouse, key: str, path: Path, domain: DomainSettings, window: WindowCheck, log=logger) -> dict:
     """Parse the file and replace partition `key` with its rows; every bad row, and every prompt that does not fit
     the model's `window` with some strategy, is quarantined with its reason (or cut, under long_prompts: truncate).
-    Returns the partition's counts: rows_read = accepted + duplicates + quarantined when nothing was lost."""
+    Returns the partition's counts: records (counted apart from the parser) = accepted + duplicates + quarantined
+    when nothing was lost."""
     parsed = parse_log_file(path, domain.text_column, domain.max_prompt_chars, domain.long_prompts)
+    whole_file = any(bad.line == 0 for bad in parsed.bad)  # unreadable, or no text column: one quarantined row
+    records = 1 if whole_file else count_records(path)
     window.apply(parsed, domain.long_prompts)
     for bad in parsed.bad:
         log.warning(f"{parsed.path}:{bad.line}: quarantined: {bad.reason}")
@@ -37,6 +41,7 @@ def ingest_partition(db: Warehouse, key: str, path: Path, domain: DomainSettings
     stored = db.store_partition(key, sources, quarantine)
     return {
         "partition": key,
+        "records": parsed.rows_read if records is None else records,
         "rows_read": parsed.rows_read,
         **{k: stored[k] for k in ("accepted", "duplicates", "quarantined")},
         "truncated": sum(row.truncated for row in parsed.rows),
@@ -45,6 +50,7 @@ def ingest_partition(db: Warehouse, key: str, path: Path, domain: DomainSettings
 
 
 def reconciles(counts: dict) -> bool:
-    """Every row read is in the warehouse once. The right-hand counts are read back from the warehouse, so a
-    row lost or overwritten on the way breaks the equality."""
-    return counts["rows_read"] == counts["accepted"] + counts["duplicates"] + counts["quarantined"]
+    """Every record of the file is in the warehouse once. The records are counted apart from the parser and the
+    right-hand counts are read back from the warehouse, so a row the parser drops, or one lost or overwritten on
+    the way, breaks the equality."""
+    return counts["records"] == counts["accepted"] + counts["duplicates"] + counts["quarantined"]

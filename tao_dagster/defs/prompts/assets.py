@@ -11,12 +11,13 @@ from tao_dagster.evaluation import markdown_table
 from tao_dagster.pipeline.prompts import ingest_partition, reconciles
 
 COUNTS_RECONCILE = "counts_reconcile"
-COUNTED = ("rows_read", "accepted", "duplicates", "quarantined", "truncated", "heldout")
+COUNTED = ("records", "rows_read", "accepted", "duplicates", "quarantined", "truncated", "heldout")
 
 
 def reconcile_counts(per_partition: list[dict]) -> dg.AssetCheckResult:
-    """Pass when, in every partition, rows read = accepted + duplicates + quarantined, the right-hand counts read
-    back from the warehouse; a failure blocks the stages downstream of raw_prompts in the same run."""
+    """Pass when, in every partition, the file's records (counted apart from the parser) = accepted + duplicates +
+    quarantined, the right-hand counts read back from the warehouse; a failure blocks the stages downstream of
+    raw_prompts in the same run."""
     return dg.AssetCheckResult(
         check_name=COUNTS_RECONCILE,
         passed=all(reconciles(c) for c in per_partition),
@@ -39,7 +40,8 @@ def reconcile_counts(per_partition: list[dict]) -> dg.AssetCheckResult:
             COUNTS_RECONCILE,
             asset="raw_prompts",
             blocking=True,
-            description="Every row read is in the warehouse once: rows read = accepted + duplicates + quarantined, per partition.",
+            description="Every record of the file is in the warehouse once: records (counted apart from the parser) = accepted + "
+            "duplicates + quarantined, per partition.",
         )
     ],
 )
