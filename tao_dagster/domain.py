@@ -111,6 +111,16 @@ def load_strategies(entry: dict, plain_template: str, default_max: int) -> list[
     return [Strategy(**settings, choices=tuple(prefixes), slot=slot) for slot in range(per_prompt)]
 
 
+def domain_name(path: str | Path) -> str:
+    """The domain file's `name` alone, without building its scorers; "unnamed" when the file cannot give one
+    (load_domain says why, when the settings are checked)."""
+    try:
+        name = yaml.safe_load(Path(path).read_text()).get("name")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return "unnamed"
+    return name if isinstance(name, str) and name else "unnamed"
+
+
 def load_domain(path: str | Path) -> Domain:
     path = Path(path)
     try:

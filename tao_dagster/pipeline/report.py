@@ -12,7 +12,7 @@ from tao_dagster.paths import tao_home
 from tao_dagster.pipeline.diagnosis import why_no_lift
 from tao_dagster.pipeline.heldout import answer_rewards, best_of_n, heldout_answers, heldout_prompts, on_common_prompts, pointwise_scorers
 from tao_dagster.pipeline.scores import policy_rewards
-from tao_dagster.policies import Policy, PolicySettings, base_policy, policy_of_version
+from tao_dagster.policies import Policy, PolicySettings, base_policy, champion_checkpoint, checkpoint_version, policy_of_version
 from tao_dagster.rewards import extract_field
 from tao_dagster.storage import ArtifactStore
 from tao_dagster.tracking import Tracking
@@ -61,10 +61,24 @@ def ceiling(best_reward: np.ndarray, base: np.ndarray, tuned: np.ndarray) -> dic
     }
 
 
+def promotion_status(db: Warehouse, settings: PolicySettings, tracking: Tracking, tuned: Policy) -> dict:
+    """Whether the reported checkpoint was promoted (its gate passed, or the champion alias is on it: a rollback),
+    its gate's verdict as tagged on its model version, and the champion now: a report of a checkpoint that does not
+    serve says so."""
+    champion = champion_checkpoint(db, tracking)
+    gate = tracking.version_tag(tuned.model_version, "promotion_gate") or "not run"
+    return {
+        "promoted": gate == "passed" or champion == tuned.checkpoint_id,
+        "promotion_gate": gate,
+        "champion": checkpoint_version(champion) if champion else settings.base_version(),
+    }
+
+
 def evaluate(
     db: Warehouse, domain: DomainSettings, settings: PolicySettings, tracking: Tracking, artifacts: ArtifactStore, tuned: Policy
 ) -> tuple[dict, list[Alarm], dict]:
-    """Answer the held-out test prompts (which no decision reads) with the base and the tuned model, compare them
+    """Answer the held-out test prompts (which no decision reads) with the base and the tuned model (promoted or not:
+    the report says which, see promotion_status), compare them
     with each other and with the parent's best-of-N, write report.json/.md and a plot, and log them to the
     checkpoint's MLflow run. Returns (the report, its alarms, the files written)."""
     spec = domain.load()
@@ -77,7 +91,8 @@ def evaluate(
     )
     scorers = pointwise_scorers(spec.build_scorers())
     rewards = {name: answer_rewards(frame, scorers) for name, frame in (("base", base), ("tuned", answered), ("best_of_n", best))}
-    report = {"checkpoint_id": tuned.checkpoint_id, "parent": checkpoint["parent"], **compare(rewards["base"], rewards["tuned"])}
+    report = {"checkpoint_id": tuned.checkpoint_id, "parent": checkpoint["parent"], **promotion_status(db, settings, tracking, tuned)}
+    report |= compare(rewards["base"], rewards["tuned"])
     report |= ceiling(rewards["best_of_n"], rewards["base"], rewards["tuned"])
     report["base_mean_tokens"] = float(base["completion_tokens"].mean())
     report["tuned_mean_tokens"] = float(answered["completion_tokens"].mean())

@@ -2,7 +2,7 @@
 
 from tao_dagster.pipeline.round import run_round
 report = run_round(Warehouse("tao.duckdb"), DomainSettings(domain_file="assets/banking/domain.yaml"),
-                   PolicySettings(cache_dir=".cache"), Tracking(tracking_uri="sqlite:///mlflow.db"),
+                   PolicySettings(cache_dir=".cache"), Tracking(tracking_uri="sqlite:///mlflow.db", registered_model="tao-banking"),
                    [Path("assets/banking/logs/2026-11-02.csv")])
 """
 

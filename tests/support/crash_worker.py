@@ -1,5 +1,6 @@
 """What tests/test_crash_resume.py runs in a subprocess and kills with SIGKILL: candidate generation, DPO
-training, and a warehouse write. `python -m tests.support.crash_worker <what> <args>` from the repository root."""
+training, a tuning round about to record its registered checkpoint, and a warehouse write.
+`python -m tests.support.crash_worker <what> <args>` from the repository root."""
 
 import signal
 import sys
@@ -9,6 +10,7 @@ import dagster as dg
 import polars as pl
 
 from tao_dagster.defs.candidates.assets import candidate_responses
+from tao_dagster.defs.checkpoint.assets import tuned_checkpoint
 from tao_dagster.defs.partitions import log_files
 from tao_dagster.defs.resources import default_resources
 from tao_dagster.training import TrainSettings, train_dpo
@@ -58,6 +60,26 @@ def train(model_dir: str, out_dir: str, work_dir: str) -> None:
     train_dpo(model_dir, training_pairs(), TRAIN_SETTINGS, Path(out_dir), Path(work_dir))
 
 
+# DPO settings of tuned_checkpoint for a handful of pairs of the tiny model.
+TUNE_CONFIG = {"batch_size": 4, "epochs": 1, "min_chosen_reward": 0.0, "min_margin": 0.0, "max_pairs": 0, "min_steps": 0}
+
+
+def tune(home: str, model_dir: str, domain_file: str) -> None:
+    """tuned_checkpoint, held for the kill after it registered the model version, before the warehouse records the
+    checkpoint."""
+    upsert = Warehouse.upsert
+
+    def upsert_after_the_kill(self, table, frame, on_conflict="replace"):
+        if table == "checkpoints":
+            print("registered", flush=True)
+            signal.pause()
+        upsert(self, table, frame, on_conflict)
+
+    Warehouse.upsert = upsert_after_the_kill
+    run_config = {"ops": {"tuned_checkpoint": {"config": TUNE_CONFIG}}}
+    dg.materialize([tuned_checkpoint], resources=pipeline_resources(Path(home), model_dir, domain_file), run_config=run_config)
+
+
 def write(path: str, committed_rows: str, killed_rows: str) -> None:
     """Commit one partition, then insert another in a transaction that the kill interrupts before its commit.
     Prints the file's size at each stage, to show how far the uncommitted rows had reached."""
@@ -72,4 +94,4 @@ def write(path: str, committed_rows: str, killed_rows: str) -> None:
 
 
 if __name__ == "__main__":
-    {"generate": generate, "train": train, "write": write}[sys.argv[1]](*sys.argv[2:])
+    {"generate": generate, "train": train, "tune": tune, "write": write}[sys.argv[1]](*sys.argv[2:])
