@@ -181,14 +181,18 @@ def test_a_round_killed_after_registering_its_checkpoint_keeps_one_model_version
     assert champion_checkpoint(db, tracking) == checkpoint_id, "the champion alias leads back to the checkpoint"
 
 
-@pytest.mark.parametrize("kill_at", ["inserting", "inserted"])  # during the insert, or after it with the commit to come
-def test_killed_warehouse_transaction_leaves_none_of_its_rows(tmp_path, kill_at):
+@pytest.mark.parametrize(("kill_at", "mark"), [("inserting", "inserting batch 2"), ("inserted", "inserted")])
+def test_killed_warehouse_transaction_leaves_none_of_its_rows(tmp_path, kill_at, mark):
+    """Killed inside the insert statement (which is reading its rows, two batches of eight in, when the kill
+    lands) or after it, with the commit to come."""
     path = tmp_path / "warehouse.duckdb"
-    with worker(tmp_path, "write", path, 1000, 400_000) as (proc, log):
-        wait_for(lambda: kill_at in log.read_text(), proc, log)
+    with worker(tmp_path, "write", path, 1000, 400_000, kill_at) as (proc, log):
+        wait_for(lambda: mark in log.read_text(), proc, log)
         kill(proc)
-    sizes = dict(line.split() for line in log.read_text().splitlines() if line.startswith(("committed", "inserting", "inserted")))
+    stages = [line.rsplit(" ", 1)[0] for line in log.read_text().splitlines() if line.startswith(("committed", "inserting", "inserted"))]
+    assert stages == (["committed", "inserting batch 1", "inserting batch 2"] if kill_at == "inserting" else ["committed", "inserted"])
     if kill_at == "inserted":
+        sizes = dict(line.rsplit(" ", 1) for line in log.read_text().splitlines() if line.startswith(("committed", "inserted")))
         assert int(sizes["inserted"]) > int(sizes["committed"]), "the uncommitted rows should have reached the file before the kill"
 
     db = Warehouse(path)  # opens and recovers the killed file

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pyarrow as pa
 
 from tao_dagster.defs.candidates.assets import candidate_responses
 from tao_dagster.defs.checkpoint.assets import tuned_checkpoint
@@ -80,17 +81,31 @@ def tune(home: str, model_dir: str, domain_file: str) -> None:
     dg.materialize([tuned_checkpoint], resources=pipeline_resources(Path(home), model_dir, domain_file), run_config=run_config)
 
 
-def write(path: str, committed_rows: str, killed_rows: str) -> None:
-    """Commit one partition, then insert another in a transaction that the kill interrupts before its commit.
-    Prints the file's size at each stage, to show how far the uncommitted rows had reached."""
+def write(path: str, committed_rows: str, killed_rows: str, kill_at: str) -> None:
+    """Commit one partition, then insert another in a transaction that the kill interrupts before its commit:
+    `inserting`, inside the insert statement, which reads its rows from a stream that stops for the kill after two
+    batches; `inserted`, after the statement, with the commit to come. Prints the file's size at each stage, to
+    show how far the uncommitted rows had reached."""
     db = Warehouse(path)
     db.upsert("candidates", frame("committed", int(committed_rows)))
     print("committed", Path(path).stat().st_size, flush=True)
+    rows = frame("killed", int(killed_rows)).to_arrow()
     with db.transaction() as con:
-        print("inserting", Path(path).stat().st_size, flush=True)
-        db.insert(con, "candidates", frame("killed", int(killed_rows)))
-        print("inserted", Path(path).stat().st_size, flush=True)
-        signal.pause()  # the transaction stays open until the test kills this process
+        if kill_at == "inserting":
+
+            def batches():
+                for n, batch in enumerate(rows.to_batches(max_chunksize=len(rows) // 8), start=1):
+                    yield batch
+                    print(f"inserting batch {n}", Path(path).stat().st_size, flush=True)
+                    if n == 2:
+                        signal.pause()  # inside the statement: DuckDB asks this stream for the next batch
+
+            con.register("incoming", pa.RecordBatchReader.from_batches(rows.schema, batches()))
+            con.execute("insert into candidates by name select * from incoming")
+        else:
+            db.insert(con, "candidates", pl.from_arrow(rows))
+            print("inserted", Path(path).stat().st_size, flush=True)
+            signal.pause()  # the transaction stays open until the test kills this process
 
 
 if __name__ == "__main__":
