@@ -172,6 +172,14 @@ def test_a_parser_that_drops_a_row_fails_the_check_and_blocks_downstream(tmp_pat
         return parsed
 
     monkeypatch.setattr(prompts, "parse_log_file", parse_dropping_the_second_row)
+    result = assert_unreconciled_and_nothing_downstream_ran(tmp_path, name)
+    meta = materialization_metadata(result)
+    assert (meta["records"], meta["rows_read"], meta["accepted"] + meta["duplicates"] + meta["quarantined"]) == (3, 2, 2)
+
+
+def assert_unreconciled_and_nothing_downstream_ran(tmp_path, name: str) -> dg.ExecuteInProcessResult:
+    """Ingest partition `name` from tmp_path/logs with an asset downstream of raw_prompts: the counts_reconcile
+    check fails for the partition and blocks the downstream asset."""
     ran = []
 
     @prompt_partition_asset(deps=[raw_prompts])
@@ -180,16 +188,15 @@ def test_a_parser_that_drops_a_row_fails_the_check_and_blocks_downstream(tmp_pat
 
     overrides = {
         "domain": {"domain_file": DOMAIN},
-        "logs": {"location": str(logs)},
+        "logs": {"location": str(tmp_path / "logs")},
         "warehouse": {"path": str(tmp_path / "wh.duckdb")},
         "policy": {"cache_dir": str(MODEL_CACHE)},
     }
     result = materialize_partitions([raw_prompts, downstream], [name], default_resources(tmp_path, overrides), raise_on_error=False)
-    meta = materialization_metadata(result)
-    assert (meta["records"], meta["rows_read"], meta["accepted"] + meta["duplicates"] + meta["quarantined"]) == (3, 2, 2)
     [check] = result.get_asset_check_evaluations()
     assert not check.passed and check.metadata["unreconciled_partitions"].value == [name]
     assert not result.success and ran == []
+    return result
 
 
 def test_a_row_lost_on_its_way_to_the_warehouse_fails_the_check_and_blocks_downstream(tmp_path, monkeypatch):
@@ -203,21 +210,4 @@ def test_a_row_lost_on_its_way_to_the_warehouse_fails_the_check_and_blocks_downs
             insert(con, table, frame, on_conflict)
 
     monkeypatch.setattr(Warehouse, "insert", staticmethod(insert_without_quarantine))
-
-    ran = []
-
-    @prompt_partition_asset(deps=[raw_prompts])
-    def downstream() -> None:
-        ran.append(True)
-
-    overrides = {
-        "domain": {"domain_file": DOMAIN},
-        "logs": {"location": str(logs)},
-        "warehouse": {"path": str(tmp_path / "wh.duckdb")},
-        "policy": {"cache_dir": str(MODEL_CACHE)},
-    }
-    resources = default_resources(tmp_path, overrides)
-    result = materialize_partitions([raw_prompts, downstream], ["a.jsonl"], resources, raise_on_error=False)
-    [check] = result.get_asset_check_evaluations()
-    assert not check.passed and check.metadata["unreconciled_partitions"].value == ["a.jsonl"]
-    assert not result.success and ran == []
+    assert_unreconciled_and_nothing_downstream_ran(tmp_path, "a.jsonl")
