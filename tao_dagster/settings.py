@@ -24,6 +24,7 @@ ENVIRONMENT = {
     "TAO_LOGS": [("logs", "location")],
     "TAO_ARTIFACTS": [("artifacts", "location")],
     "TAO_ROUND_MIN_NEW_PROMPTS": [("flywheel", "min_new_prompts")],
+    "TAO_MAX_FILES_PER_RUN": [("flywheel", "max_files_per_run")],
     "TAO_BASE_MODEL": [("policy", "base_model")],
     "TAO_ENGINE": [("policy", "engine")],
     "TAO_GPU_MEMORY_UTILIZATION": [("policy", "gpu_memory_utilization")],
