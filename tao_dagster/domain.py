@@ -49,6 +49,9 @@ class Strategy:
         return sorted(self.choices, key=lambda c: hashlib.sha256(f"{pid}|{c}".encode()).hexdigest())[self.slot]
 
 
+PLAIN_ANSWER = "plain_answer"
+
+
 @dataclass
 class Domain:
     name: str
@@ -75,9 +78,14 @@ class Domain:
     def strategy_request(self, conversation: list[dict], strategy: Strategy, tools: list[dict] | None = None) -> Request:
         return Request(self.messages(conversation, strategy.template), strategy.sampling, strategy.prefix_for(conversation), tools)
 
-    def plain_request(self, conversation: list[dict], tools: list[dict] | None = None) -> Request:
-        """What production sends: the plain prompt, greedy, with the tools production offered."""
-        return Request(self.messages(conversation), self.eval_sampling, tools=tools)
+    def plain_strategy(self) -> Strategy:
+        """What production sends, as a strategy of one greedy sample: how the gate and the report ask for answers."""
+        return Strategy(PLAIN_ANSWER, self.plain_template, self.eval_sampling, 1)
+
+    def requested_strategies(self) -> list[Strategy]:
+        """Every strategy a prompt may be sent with: exploration's, and the plain answer of the gate and the report
+        (whose best-of-N ceiling also explores held-out prompts)."""
+        return [*self.strategies, self.plain_strategy()]
 
     def resolve(self, relative: str) -> Path:
         return (self.path.parent / relative).resolve()
@@ -104,6 +112,16 @@ def load_strategies(entry: dict, plain_template: str, default_max: int) -> list[
     if per_prompt >= len(prefixes):
         return [Strategy(**settings, response_prefix=prefix) for prefix in prefixes]
     return [Strategy(**settings, choices=tuple(prefixes), slot=slot) for slot in range(per_prompt)]
+
+
+def domain_name(path: str | Path) -> str:
+    """The domain file's `name` alone, without building its scorers; "unnamed" when the file cannot give one
+    (load_domain says why, when the settings are checked)."""
+    try:
+        name = yaml.safe_load(Path(path).read_text()).get("name")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return "unnamed"
+    return name if isinstance(name, str) and name else "unnamed"
 
 
 def load_domain(path: str | Path) -> Domain:

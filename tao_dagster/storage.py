@@ -5,6 +5,7 @@ S3Resource.get_client, a notebook `boto3.client("s3")` or nothing for local fold
 """
 
 import hashlib
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,16 +124,63 @@ class ArtifactStore:
     s3: Callable | None = None
 
     def publish(self, folder: Path, kind: str) -> str | None:
-        """Copy `folder` to <location>/<kind>/<folder name>/, skipping objects already there with the same
-        size (a rerun or a reused checkpoint uploads nothing); its URI, or None without a location."""
+        """Copy `folder` to <location>/<kind>/<folder name>/, skipping objects already there with the same content
+        (a rerun or a reused checkpoint uploads nothing, a changed file of the same size is uploaded again); its
+        URI, or None without a location. Content is compared by SHA-256, which each upload stores in the object's
+        metadata: an S3 ETag is the MD5 of the bytes only for an object uploaded in one part."""
         if not self.location:
             return None
         bucket, prefix = split_s3_url(self.location)
         base = f"{prefix}{kind}/{folder.name}"
         client = self.s3()
-        stored = {obj["Key"]: obj["Size"] for obj in list_objects(client, bucket, f"{base}/")}
-        for path in sorted(folder.rglob("*")):
-            key = f"{base}/{path.relative_to(folder).as_posix()}"
-            if path.is_file() and stored.get(key) != path.stat().st_size:
-                client.upload_file(str(path), bucket, key)
+        stored = {obj["Key"] for obj in list_objects(client, bucket, f"{base}/")}
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            key, digest = f"{base}/{path.relative_to(folder).as_posix()}", sha256_of(path)
+            if key not in stored or client.head_object(Bucket=bucket, Key=key)["Metadata"].get(CHECKSUM) != digest:
+                client.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {CHECKSUM: digest}})
         return f"s3://{bucket}/{base}"
+
+
+CHECKSUM = "sha256"  # the object metadata key (x-amz-meta-sha256) of a published file's checksum
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_atomically(path: Path, data: str | bytes) -> Path:
+    """Write `path` so that a reader, or a rerun after a kill, finds the old file or the whole new one, never part
+    of one: a temporary name beside it, fsync, rename, and the folder fsynced so that the rename survives too."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_folder(path.parent)
+    return path
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make the folder's entries (a file just renamed into it, say) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under `folder`, before a rename makes it visible as complete."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+        fsync_folder(sub)
+    fsync_folder(folder)

@@ -12,7 +12,7 @@ class Tracking(BaseModel):
     tracking_uri: str = Field(description="MLflow tracking URI (MLFLOW_TRACKING_URI).")
     artifact_location: str = Field("", description="Where a new experiment keeps artifacts; '' lets the server decide.")
     experiment: str = "tao-dagster"
-    registered_model: str = "tao-banking"
+    registered_model: str = Field(description="The registered model of the domain's checkpoints: `tao-<domain name>` by default.")
     champion_alias: str = Field("champion", description="The registered model version the flywheel serves and builds on.")
 
     def client(self):
@@ -37,12 +37,23 @@ class Tracking(BaseModel):
         except MlflowException:  # no registered model yet, or no version under the alias
             return None
 
-    def register(self, run) -> str:
-        """Register the run's `model` artifact as a new version of the registered model; returns the version."""
+    def register(self, run, checkpoint_id: str) -> tuple[str, str]:
+        """The registered model version of a checkpoint: the one a killed run of it registered already (versions are
+        tagged with their checkpoint_id), else a new version of this run's `model` artifact. Returns (the version,
+        the run whose model it holds)."""
         client = self.client()
         if not client.search_registered_models(filter_string=f"name = '{self.registered_model}'"):
             client.create_registered_model(self.registered_model)
-        return client.create_model_version(self.registered_model, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id).version
+        found = client.search_model_versions(f"name = '{self.registered_model}' and tags.checkpoint_id = '{checkpoint_id}'")
+        if found:
+            first = min(found, key=lambda v: int(v.version))
+            return str(first.version), first.run_id
+        source = f"{run.info.artifact_uri}/model"
+        created = client.create_model_version(self.registered_model, source, run.info.run_id, tags={"checkpoint_id": checkpoint_id})
+        return str(created.version), run.info.run_id
+
+    def version_tag(self, model_version: str, key: str) -> str | None:
+        return self.client().get_model_version(self.registered_model, model_version).tags.get(key)
 
     def promote(self, model_version: str) -> None:
         self.client().set_registered_model_alias(self.registered_model, self.champion_alias, model_version)
@@ -75,3 +86,8 @@ class Tracking(BaseModel):
             mlflow.create_experiment(self.experiment, artifact_location=self.artifact_location or self.artifacts_beside_store())
         mlflow.set_experiment(self.experiment)
         return mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
+
+
+def registered_model_name(domain_name: str) -> str:
+    """The registered model of a domain's checkpoints, so that two domains never share a champion."""
+    return f"tao-{domain_name}"

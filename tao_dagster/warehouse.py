@@ -5,7 +5,8 @@ Keys (DESIGN.md, "Keys that make it incremental"):
 - candidate: prompt x policy version x strategy x sampling x sample index;
 - score: candidate x scorer name x scorer version;
 - checkpoint: parent policy x algorithm x config x the exact training data;
-- held-out answer: policy version x prompt; a held-out candidate (the best-of-N ceiling) is keyed like a candidate.
+- held-out answer: policy version x prompt; a held-out candidate (the best-of-N ceiling) is keyed like a candidate;
+- skipped request (too long for the model's window): stage (the table it was for) x candidate key.
 Each write is one transaction, so a killed write leaves all of its rows or none. Connections are
 short-lived because a DuckDB file admits one process at a time: a process that finds the file locked
 (a sensor reading while a run writes, say) waits for it.
@@ -49,6 +50,10 @@ create table if not exists eval_candidates (
 create table if not exists eval_answers (
     policy_version varchar, prompt_id varchar, response varchar, completion_tokens integer,
     primary key (policy_version, prompt_id));
+create table if not exists skipped_requests (
+    stage varchar, candidate_id varchar, prompt_id varchar, policy_version varchar, strategy varchar,
+    prompt_tokens integer, reason varchar, created_at timestamp default current_timestamp,
+    primary key (stage, candidate_id));
 -- What a log says beyond the prompt (tao_dagster.traces): its tool definitions, and per logged call its request
 -- id and time, the model that answered and its reply.
 alter table prompts add column if not exists tools varchar;

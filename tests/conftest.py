@@ -11,7 +11,7 @@ from tao_dagster.defs.checkpoint.gate import promotion_gate
 from tao_dagster.defs.flywheel.jobs import round_assets
 from tao_dagster.defs.flywheel.sensors import new_log_files
 from tao_dagster.defs.partitions import log_files
-from tao_dagster.defs.resources import ArtifactStoreResource, LogSourceResource, default_resources
+from tao_dagster.defs.resources import ArtifactStoreResource, FlywheelResource, LogSourceResource, default_resources
 from tao_dagster.models import resolve_base_model
 from tao_dagster.paths import PROJECT_ROOT
 
@@ -94,9 +94,10 @@ def gate_of(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
     return gate
 
 
-def sensor_tick(instance, logs: LogSourceResource, cursor: str | None) -> dg.SensorResult:
+def sensor_tick(instance, logs: LogSourceResource, cursor: str | None, flywheel: FlywheelResource | None = None) -> dg.SensorResult:
     """One sensor evaluation; like the daemon, add the partitions it asks for (build_sensor_context does not)."""
-    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"logs": logs}) as context:
+    flywheel = flywheel or FlywheelResource()
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"logs": logs, "flywheel": flywheel}) as context:
         result = new_log_files(context)
     for request in result.dynamic_partitions_requests:
         instance.add_dynamic_partitions(log_files.name, list(request.partition_keys))

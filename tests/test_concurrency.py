@@ -7,7 +7,7 @@ import time
 
 from tao_dagster.defs.resources import WarehouseResource
 
-from .conftest import BANKING
+from .conftest import BANKING, MODEL_CACHE
 
 INGEST = """
 import sys, time
@@ -16,11 +16,12 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from tao_dagster.defs.partitions import log_files
 from tao_dagster.defs.prompts.assets import raw_prompts
-from tao_dagster.defs.resources import DomainResource, LogSourceResource, WarehouseResource
+from tao_dagster.defs.resources import DomainResource, LogSourceResource, PolicyResource, WarehouseResource
 
-domain, logs, warehouse, key, ready, go = sys.argv[1:]
+domain, logs, warehouse, key, ready, go, cache = sys.argv[1:]
 resources = {
     "domain": DomainResource(domain_file=domain),
+    "policy": PolicyResource(cache_dir=cache),
     "logs": LogSourceResource(location=logs, s3=S3Resource()),
     "warehouse": WarehouseResource(path=warehouse),
 }
@@ -53,6 +54,7 @@ def test_two_ingest_runs_at_once_share_prompts_without_duplicates(tmp_path):
                 key,
                 str(tmp_path / f"{key}.ready"),
                 str(tmp_path / "go"),
+                str(MODEL_CACHE),
             ]
         )
         for key in ("a.jsonl", "b.jsonl")

@@ -17,14 +17,16 @@ import pytest
 from tao_dagster.defs.candidates.assets import candidate_responses
 from tao_dagster.defs.checkpoint.assets import tuned_checkpoint
 from tao_dagster.defs.prompts.assets import raw_prompts
+from tao_dagster.defs.scores.assets import reward_scores
 from tao_dagster.defs.steps import TRANSIENT_RETRY
 from tao_dagster.generation import open_engine
 from tao_dagster.paths import PROJECT_ROOT
 from tao_dagster.pipeline import candidates
+from tao_dagster.policies import champion_checkpoint
 from tao_dagster.training import last_saved_checkpoint, train_stage
 from tao_dagster.warehouse import Warehouse
 
-from .support.crash_worker import PARTITION, TRAIN_SETTINGS, frame, materialize, pipeline_resources, training_pairs
+from .support.crash_worker import PARTITION, TRAIN_SETTINGS, TUNE_CONFIG, frame, materialize, pipeline_resources, training_pairs
 
 # Three candidates per prompt; a tiny random model seldom stops early, so each takes its 32 tokens.
 DOMAIN = """
@@ -162,14 +164,44 @@ def killed_training(tmp_path: Path, what: str, model_dir: Path, out: Path, work:
     return killed_at
 
 
-@pytest.mark.parametrize("kill_at", ["inserting", "inserted"])  # during the insert, or after it with the commit to come
-def test_killed_warehouse_transaction_leaves_none_of_its_rows(tmp_path, kill_at):
-    path = tmp_path / "warehouse.duckdb"
-    with worker(tmp_path, "write", path, 1000, 400_000) as (proc, log):
-        wait_for(lambda: kill_at in log.read_text(), proc, log)
+@pytest.mark.slow
+def test_a_round_killed_after_registering_its_checkpoint_keeps_one_model_version(pipeline, tiny_model_dir, tmp_path, monkeypatch):
+    home, domain, resources = pipeline
+    monkeypatch.setenv("TAO_HOME", str(home))
+    assert materialize([candidate_responses, reward_scores], resources).success
+    tracking, db = resources["mlflow"], resources["warehouse"].get()
+
+    def versions() -> list:
+        return tracking.client().search_model_versions(f"name = '{tracking.registered_model}'")
+
+    with worker(tmp_path, "tune", home, tiny_model_dir, domain) as (proc, log):
+        wait_for(lambda: "registered" in log.read_text(), proc, log, timeout=600)
         kill(proc)
-    sizes = dict(line.split() for line in log.read_text().splitlines() if line.startswith(("committed", "inserting", "inserted")))
+    [registered] = versions()
+    assert db.query("select count(*) as n from checkpoints")["n"][0] == 0, "killed before the warehouse recorded it"
+
+    rerun = dg.materialize([tuned_checkpoint], resources=resources, run_config={"ops": {"tuned_checkpoint": {"config": TUNE_CONFIG}}})
+    checkpoint_id = rerun.asset_materializations_for_node("tuned_checkpoint")[0].metadata["checkpoint_id"].value
+    [version] = versions()
+    assert (version.version, version.tags["checkpoint_id"]) == (registered.version, checkpoint_id), "no second version"
+    row = db.checkpoint(checkpoint_id)
+    assert (row["model_version"], row["mlflow_run_id"]) == (str(registered.version), registered.run_id)
+    tracking.promote(row["model_version"])
+    assert champion_checkpoint(db, tracking) == checkpoint_id, "the champion alias leads back to the checkpoint"
+
+
+@pytest.mark.parametrize(("kill_at", "mark"), [("inserting", "inserting batch 2"), ("inserted", "inserted")])
+def test_killed_warehouse_transaction_leaves_none_of_its_rows(tmp_path, kill_at, mark):
+    """Killed inside the insert statement (which is reading its rows, two batches of eight in, when the kill
+    lands) or after it, with the commit to come."""
+    path = tmp_path / "warehouse.duckdb"
+    with worker(tmp_path, "write", path, 1000, 400_000, kill_at) as (proc, log):
+        wait_for(lambda: mark in log.read_text(), proc, log)
+        kill(proc)
+    stages = [line.rsplit(" ", 1)[0] for line in log.read_text().splitlines() if line.startswith(("committed", "inserting", "inserted"))]
+    assert stages == (["committed", "inserting batch 1", "inserting batch 2"] if kill_at == "inserting" else ["committed", "inserted"])
     if kill_at == "inserted":
+        sizes = dict(line.rsplit(" ", 1) for line in log.read_text().splitlines() if line.startswith(("committed", "inserted")))
         assert int(sizes["inserted"]) > int(sizes["committed"]), "the uncommitted rows should have reached the file before the kill"
 
     db = Warehouse(path)  # opens and recovers the killed file

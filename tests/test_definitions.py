@@ -25,6 +25,7 @@ def test_definitions_load_with_the_five_assets_in_lineage():
         "tuned_beats_base",
         "outside_check_beats_majority",
         "serving_cost_not_higher",
+        "reports_a_promoted_checkpoint",
     }
     assert defs.resolve_sensor_def("new_log_files").default_status == dg.DefaultSensorStatus.RUNNING
     assert defs.resolve_schedule_def("flywheel_round").default_status == dg.DefaultScheduleStatus.RUNNING

@@ -133,7 +133,11 @@ def test_all_five_assets_materialize_with_the_real_model(tiny_demo, tmp_path):
             "outside_check_beats_majority",
             "serving_cost_not_higher",
             "no_reward_hacking_alarms",
+            "reports_a_promoted_checkpoint",
         }
+        # This round ran without the gate: the report says plainly that its checkpoint does not serve.
+        assert (report["promoted"], report["promotion_gate"], report["champion"]) == (False, "not run", tiny_demo["policy"].base_version())
+        assert "**Not promoted**: the promotion gate has not run" in Path(report_meta["report_md"].value).read_text()
 
         import mlflow
 

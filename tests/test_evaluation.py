@@ -39,6 +39,7 @@ def test_outside_check_against_majority_baseline():
 def test_report_files(tmp_path):
     report = {
         "checkpoint_id": "abc",
+        **{"promoted": True, "promotion_gate": "passed", "champion": "ckpt:abc"},
         **compare(np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.6, 0.2])),
         "base_mean_tokens": 30.0,
         "tuned_mean_tokens": 25.0,
@@ -55,6 +56,14 @@ def test_report_files(tmp_path):
         assert key in saved
     assert "| plain | 0.400 |" in md_path.read_text() and text == md_path.read_text()
     assert "90% of tuned answers give topic='card'" in text
+    assert "Promoted (promotion gate: passed); the champion is ckpt:abc." in text and "Not promoted" not in text
+    refused = {**report, "promoted": False, "promotion_gate": "failed", "champion": "base:tiny"}
+    _, _, text = write_report(refused, [], tmp_path)
+    assert text.splitlines()[2] == (
+        "**Not promoted**: the promotion gate failed for this checkpoint and the champion is base:tiny. "
+        "This report describes a checkpoint that does not serve."
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md"], "no temporary file is left"
     assert report["answer_distribution"]["base"] == {"card": pytest.approx(2 / 3), "(none)": pytest.approx(1 / 3)}
     png = plot_report(np.array([0.1, 0.2]), np.array([0.5, 0.6]), report["answer_distribution"], tmp_path / "r.png")
     assert png.read_bytes()[:4] == b"\x89PNG"

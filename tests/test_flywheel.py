@@ -1,10 +1,14 @@
 """The flywheel with the tiny random model: sensor -> scored partition -> round -> promotion gate, twice."""
 
+import json
+from pathlib import Path
+
 import dagster as dg
 import pytest
 
 from tao_dagster.defs.flywheel.jobs import prompt_assets
 from tao_dagster.defs.flywheel.schedules import flywheel_round
+from tao_dagster.defs.report.assets import eval_report
 from tao_dagster.defs.resources import MlflowResource
 from tao_dagster.policies import champion_policy
 
@@ -65,6 +69,7 @@ def test_two_rounds_build_on_the_champion_and_the_gate_refuses_a_worse_checkpoin
         assert round1.success and round1.asset_materializations_for_node("eval_report")
         ckpt1 = round1.asset_materializations_for_node("tuned_checkpoint")[0].metadata["checkpoint_id"].value
         assert champion_policy(db, resources["mlflow"]).checkpoint_id == ckpt1
+        assert round1.asset_materializations_for_node("eval_report")[0].metadata["promoted"].value is True
 
         # Nothing new since the checkpoint: the schedule skips.
         assert isinstance(round_trigger(instance, resources), dg.SkipReason)
@@ -91,6 +96,11 @@ def test_two_rounds_build_on_the_champion_and_the_gate_refuses_a_worse_checkpoin
         assert gate.metadata["decision"].value == f"not promoted: ckpt:{ckpt1} stays champion"
         assert not round2.asset_materializations_for_node("eval_report"), "a refused checkpoint is not reported as the new model"
         assert champion_policy(db, resources["mlflow"]).checkpoint_id == ckpt1
+        # eval_report on its own reports the latest checkpoint, the refused one, and says plainly that it does not serve.
+        alone = dg.materialize([eval_report], instance=instance, resources=resources).asset_materializations_for_node("eval_report")
+        report = json.loads(Path(alone[0].metadata["report_json"].value).read_text())
+        assert (report["checkpoint_id"], report["promoted"], report["promotion_gate"]) == (meta["checkpoint_id"].value, False, "failed")
+        assert f"the promotion gate failed for this checkpoint and the champion is ckpt:{ckpt1}" in alone[0].metadata["report"].value
 
         versions = resources["mlflow"].client().search_model_versions(f"name = '{resources['mlflow'].registered_model}'")
         assert sorted(v.tags.get("promotion_gate") for v in versions) == ["failed", "passed"]

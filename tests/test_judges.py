@@ -109,8 +109,9 @@ def recording(s: LlmJudgeScorer, monkeypatch) -> list[str]:
     return replies
 
 
-def check_judge_plumbing(s: LlmJudgeScorer, monkeypatch) -> None:
-    """Pointwise scores are the parsed replies (or the default); pairwise scores average 0.5 per prompt."""
+def check_judge_plumbing(s: LlmJudgeScorer, monkeypatch) -> list[str]:
+    """Pointwise scores are the parsed replies (or the default); pairwise scores are the win rates the judge's own
+    replies give, recounted here. Returns the pairwise replies."""
     items = candidates()
     replies = recording(s, monkeypatch)
     scores = s.score(items)
@@ -119,7 +120,15 @@ def check_judge_plumbing(s: LlmJudgeScorer, monkeypatch) -> None:
     pairwise = build_scorers([{**s.given, "name": "pairwise", "kind": "llm_judge", "mode": "pairwise"}])[0]
     replies = recording(pairwise, monkeypatch)
     scores = pairwise.score(items)
-    assert len(replies) == 6 and sum(scores[:3]) / 3 == pytest.approx(0.5) and scores[3] == 0.5
+    assert len(replies) == 6
+    # p1's three candidates, each ordered pair asked once, in this order; A wins the point, B loses it, no choice halves it.
+    wins = {0: [], 1: [], 2: []}
+    for (a, b), reply in zip([(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)], replies):
+        point = {"A": 1.0, "B": 0.0}.get(parse_choice(reply), 0.5)
+        wins[a].append(point)
+        wins[b].append(1.0 - point)
+    assert scores == pytest.approx([sum(w) / 4 for w in wins.values()] + [0.5])
+    return replies
 
 
 def test_a_local_judge_generates_with_a_hugging_face_model(tiny_model_dir, monkeypatch):
@@ -163,7 +172,8 @@ def test_a_judge_on_a_vllm_server_sends_the_key_from_the_environment(judge_url, 
     monkeypatch.setenv(KEY_ENV, KEY)
     caplog.set_level(logging.DEBUG)  # the OpenAI client logs its requests at debug level
     s = judge(model="judge", base_url=judge_url, api_key_env=KEY_ENV)
-    check_judge_plumbing(s, monkeypatch)
+    replies = check_judge_plumbing(s, monkeypatch)
+    assert any(parse_choice(r) for r in replies), f"the real judge chose in none of its comparisons: {replies}"
     assert "chat/completions" in caplog.text  # the requests were logged...
     assert KEY not in repr(s) and KEY not in s.version and KEY not in caplog.text  # ...but never the key
 

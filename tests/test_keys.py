@@ -38,7 +38,7 @@ def test_demo_domain_strategies_and_plain_prompt():
     keys = [(s.name, s.settings_key()) for s in domain.strategies]
     assert len(set(keys)) == len(keys) >= 3
     assert len({s.name for s in domain.strategies}) >= 3
-    plain = domain.plain_request([{"role": "user", "content": "Where is my card?"}])
+    plain = domain.strategy_request([{"role": "user", "content": "Where is my card?"}], domain.plain_strategy())
     assert plain.sampling.temperature == 0 and plain.response_prefix == ""
     assert plain.messages[-1]["content"].endswith("Message: Where is my card?")
     assert domain.instruction.strip() in plain.messages[-1]["content"]

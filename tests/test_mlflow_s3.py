@@ -33,20 +33,22 @@ def test_mlflow_server_keeps_runs_and_registered_models_with_artifacts_in_s3(s3_
         for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             monkeypatch.delenv(var)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)  # mlflow.set_tracking_uri exports it; undone after the test
-        tracking = MlflowResource(tracking_uri=url)
+        tracking = MlflowResource(tracking_uri=url, registered_model="tao-support")
         assert tracking.champion_run_id() is None
         with tracking.start_run(run_name="dpo-ckpt-1") as run:
             mlf.log_params({"beta": 0.1, "parent": "base:tiny"})
             mlf.log_metric("train_loss", 0.5, step=1)
             mlf.log_artifacts(str(model), artifact_path="model")
-            version = tracking.register(run)
-        assert version == "1"
+            version, registered_run = tracking.register(run, "ckpt-1")
+        assert (version, registered_run) == ("1", run.info.run_id)
         tracking.promote(version)
         assert tracking.champion_run_id() == run.info.run_id
 
         with tracking.start_run(run_name="dpo-ckpt-2") as second:
             mlf.log_artifacts(str(model), artifact_path="model")
-            assert tracking.register(second) == "2", "the registered model is reused"
+            assert tracking.register(second, "ckpt-2") == ("2", second.info.run_id), "the registered model is reused"
+        with tracking.start_run(run_name="dpo-ckpt-1") as rerun:  # ckpt-1 again, after a kill before the warehouse recorded it
+            assert tracking.register(rerun, "ckpt-1") == ("1", run.info.run_id), "its version is reused, not registered twice"
         assert tracking.champion_run_id() == run.info.run_id, "a new version is not the champion until promoted"
 
         client = tracking.client()
@@ -68,23 +70,30 @@ def test_checkpoints_and_reports_are_published_to_s3_once(s3_endpoint, tmp_path)
     client.create_bucket(Bucket="tao-artifacts")
     store = ArtifactStoreResource(location="s3://tao-artifacts/support/", s3=s3).get()
     folder = checkpoint_folder(tmp_path / "ckpt-abc")
+    (folder / "weights" / "big.safetensors").write_bytes(bytes(range(256)) * 40_000)  # 10 MB: boto3 uploads it in parts
 
     def stored() -> dict[str, tuple]:
         listed = client.list_objects_v2(Bucket="tao-artifacts")["Contents"]
-        return {o["Key"]: (o["Size"], o["LastModified"]) for o in listed}
+        return {o["Key"]: (o["ETag"], o["LastModified"]) for o in listed}
 
     assert store.publish(folder, "checkpoints") == "s3://tao-artifacts/support/checkpoints/ckpt-abc"
     first = stored()
-    config, weights = "support/checkpoints/ckpt-abc/config.json", "support/checkpoints/ckpt-abc/weights/model.safetensors"
-    assert set(first) == {config, weights}
+    base = "support/checkpoints/ckpt-abc"
+    config, weights, big = f"{base}/config.json", f"{base}/weights/model.safetensors", f"{base}/weights/big.safetensors"
+    assert set(first) == {config, weights, big}
+    assert first[big][0].strip('"').endswith("-2"), "a multipart ETag, which is not the MD5 of the content"
     assert client.get_object(Bucket="tao-artifacts", Key=weights)["Body"].read() == (folder / "weights" / "model.safetensors").read_bytes()
 
     time.sleep(1.1)  # S3 times have one-second resolution: an upload now would show
     store.publish(folder, "checkpoints")
     assert stored() == first, "nothing is uploaded again"
     (folder / "config.json").write_text('{"model_type": "llama", "changed": true}')
+    same_size = (folder / "weights" / "model.safetensors").read_bytes()[::-1]  # other bytes, the same size
+    (folder / "weights" / "model.safetensors").write_bytes(same_size)
     store.publish(folder, "checkpoints")
     again = stored()
-    assert again[config] != first[config] and again[weights] == first[weights], "only the changed file is uploaded"
+    assert again[config] != first[config] and again[weights] != first[weights], "changed files are uploaded, same size or not"
+    assert again[big] == first[big], "the unchanged file is not"
+    assert client.get_object(Bucket="tao-artifacts", Key=weights)["Body"].read() == same_size
 
     assert ArtifactStoreResource(s3=s3).get().publish(folder, "checkpoints") is None, "the laptop publishes nothing"

@@ -22,7 +22,7 @@ def test_a_round_runs_from_plain_python(tmp_path, monkeypatch, tiny_model_dir, l
     db = Warehouse(tmp_path / "home" / "warehouse.duckdb")
     domain = DomainSettings(domain_file=str(learnable_domain_file))
     policy = PolicySettings(base_model=str(tiny_model_dir), cache_dir=str(tmp_path / "cache"), engine="transformers")
-    tracking = Tracking(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    tracking = Tracking(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}", registered_model="tao-banking")
     settings = TrainSettings(batch_size=4, min_chosen_reward=0.0, min_margin=0.0, max_pairs=0, min_steps=0)
 
     result = run_round(db, domain, policy, tracking, [tmp_path / "day1.csv"], settings)
@@ -40,7 +40,7 @@ def test_a_round_runs_from_plain_python(tmp_path, monkeypatch, tiny_model_dir, l
 def one_round(home, log, model, domain_file) -> Warehouse:
     db = Warehouse(home / "warehouse.duckdb")
     policy = PolicySettings(base_model=str(model), cache_dir=str(home / "cache"), engine="transformers")
-    tracking = Tracking(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    tracking = Tracking(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", registered_model="tao-banking")
     settings = TrainSettings(batch_size=4, min_chosen_reward=0.0, min_margin=0.0, max_pairs=0, min_steps=0)
     run_round(db, DomainSettings(domain_file=str(domain_file)), policy, tracking, [log], settings)
     return db

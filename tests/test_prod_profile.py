@@ -22,10 +22,10 @@ from tao_dagster.cli import use_project_instance
 from tao_dagster.defs.deploy import INSTANCE_YAML, executor, gpu_step
 from tao_dagster.defs.partitions import log_files
 from tao_dagster.defs.prompts.assets import raw_prompts
-from tao_dagster.defs.resources import DomainResource, LogSourceResource, WarehouseResource, default_resources
+from tao_dagster.defs.resources import DomainResource, LogSourceResource, PolicyResource, WarehouseResource, default_resources
 from tao_dagster.paths import PROJECT_ROOT
 
-from .conftest import BANKING
+from .conftest import BANKING, MODEL_CACHE
 
 DEPLOY = PROJECT_ROOT / "deploy"
 GPU_STEPS = {"candidate_responses", "tuned_checkpoint", "eval_report", "promotion_gate"}
@@ -45,6 +45,7 @@ def test_prod_instance_keeps_a_partitioned_run_in_postgres(postgres, s3_endpoint
     resources = {
         "logs": LogSourceResource(location="s3://prod-logs/support", s3=s3),
         "domain": DomainResource(domain_file=str(BANKING / "domain.yaml")),
+        "policy": PolicyResource(cache_dir=str(MODEL_CACHE)),
         "warehouse": WarehouseResource(path=str(tmp_path / "warehouse.duckdb")),
     }
     with dg.DagsterInstance.get() as instance:

@@ -4,11 +4,16 @@ import codecs
 import json
 
 import dagster as dg
+import pytest
 
 from tao_dagster.defs.partitions import log_files, prompt_partition_asset
 from tao_dagster.defs.prompts.assets import raw_prompts, reconcile_counts
 from tao_dagster.defs.resources import default_resources
+from tao_dagster.pipeline import prompts
+from tao_dagster.records import count_records
 from tao_dagster.warehouse import Warehouse
+
+from .conftest import MODEL_CACHE
 
 DOMAIN = "assets/banking/domain.yaml"
 
@@ -43,6 +48,7 @@ def test_raw_prompts_quarantines_and_reconciles(tmp_path):
         "domain": {"domain_file": DOMAIN, "heldout_fraction": 0.0},
         "logs": {"location": str(logs)},
         "warehouse": {"path": str(tmp_path / "wh.duckdb")},
+        "policy": {"cache_dir": str(MODEL_CACHE)},
     }
     resources = default_resources(tmp_path, overrides)
     keys = ["a.jsonl", "b.csv", "c.csv", "gone.csv"]  # gone.csv: a partition whose file was removed
@@ -88,6 +94,7 @@ def test_every_kind_of_bad_input_is_quarantined_or_accepted_and_reruns_agree(tmp
         "domain": {"domain_file": DOMAIN, "heldout_fraction": 0.0, "max_prompt_chars": 200, "long_prompts": "truncate"},
         "logs": {"location": str(logs)},
         "warehouse": {"path": str(tmp_path / "wh.duckdb")},
+        "policy": {"cache_dir": str(MODEL_CACHE)},
     }
     resources = default_resources(tmp_path, overrides)
     keys = ["a.jsonl", "b.csv", "c.jsonl"]
@@ -123,12 +130,73 @@ def test_every_kind_of_bad_input_is_quarantined_or_accepted_and_reruns_agree(tmp
 
 
 def test_counts_reconcile_check_passes_only_when_every_row_is_accounted_for():
-    balanced = {"partition": "a.jsonl", "rows_read": 10, "accepted": 6, "duplicates": 1, "quarantined": 3, "truncated": 2, "heldout": 2}
+    balanced = {"partition": "a.jsonl", "records": 10, "rows_read": 10, "accepted": 6, "duplicates": 1, "quarantined": 3}
     passed = reconcile_counts([balanced, {**balanced, "partition": "b.csv"}])
     assert passed.passed and passed.metadata["unreconciled_partitions"].value == []
     failed = reconcile_counts([balanced, {**balanced, "partition": "b.csv", "quarantined": 2}])
     assert not failed.passed and failed.metadata["unreconciled_partitions"].value == ["b.csv"]
-    assert "| b.csv | 10 | 6 | 1 | 2 |" in failed.metadata["per_partition"].value
+    assert "| b.csv | 10 | 10 | 6 | 1 | 2 |" in failed.metadata["per_partition"].value
+    parser_lost_one = reconcile_counts([{**balanced, "rows_read": 9, "quarantined": 2}])
+    assert not parser_lost_one.passed, "the parser's own count is not what the check trusts"
+
+
+def test_records_are_counted_apart_from_the_parser(tmp_path):
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_bytes(b'{"prompt": "a"}\r\n\r\n  \n{"prompt": "b"}\r{broken\n{"prompt": "no newline"}')
+    assert count_records(jsonl, "messages") == 4
+    utf16 = tmp_path / "b.jsonl"
+    utf16.write_bytes(codecs.BOM_UTF16_LE + '{"prompt": "é"}\n\n{"prompt": "ü"}\n'.encode("utf-16-le"))
+    assert count_records(utf16, "messages") == 2
+    table = tmp_path / "c.csv"
+    table.write_text('id,text\n1,"two\nlines"\n\n2,plain\n3,"bad"quote\n4,"cut sh')
+    assert count_records(table, "csv") == 4  # the multi-line field is one record, the blank line none, each bad one a record
+    assert count_records(tmp_path / "d.parquet", "chat_completions") is None  # no counter: the parser's count stands alone
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("a.jsonl", "".join(json.dumps({"prompt": q}) + "\n" for q in ("Where is my card?", "How do I top up?", "Can I pay?"))),
+        ("a.csv", 'text\n"Where is my card?"\n"How do I\ntop up?"\n"Can I pay?"\n'),
+    ],
+)
+def test_a_parser_that_drops_a_row_fails_the_check_and_blocks_downstream(tmp_path, monkeypatch, name, content):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / name).write_text(content)
+    parse = prompts.parse_log_file
+
+    def parse_dropping_the_second_row(*args, **kwargs):
+        parsed = parse(*args, **kwargs)
+        del parsed.rows[1]
+        return parsed
+
+    monkeypatch.setattr(prompts, "parse_log_file", parse_dropping_the_second_row)
+    result = assert_unreconciled_and_nothing_downstream_ran(tmp_path, name)
+    meta = materialization_metadata(result)
+    assert (meta["records"], meta["rows_read"], meta["accepted"] + meta["duplicates"] + meta["quarantined"]) == (3, 2, 2)
+
+
+def assert_unreconciled_and_nothing_downstream_ran(tmp_path, name: str) -> dg.ExecuteInProcessResult:
+    """Ingest partition `name` from tmp_path/logs with an asset downstream of raw_prompts: the counts_reconcile
+    check fails for the partition and blocks the downstream asset."""
+    ran = []
+
+    @prompt_partition_asset(deps=[raw_prompts])
+    def downstream() -> None:
+        ran.append(True)
+
+    overrides = {
+        "domain": {"domain_file": DOMAIN},
+        "logs": {"location": str(tmp_path / "logs")},
+        "warehouse": {"path": str(tmp_path / "wh.duckdb")},
+        "policy": {"cache_dir": str(MODEL_CACHE)},
+    }
+    result = materialize_partitions([raw_prompts, downstream], [name], default_resources(tmp_path, overrides), raise_on_error=False)
+    [check] = result.get_asset_check_evaluations()
+    assert not check.passed and check.metadata["unreconciled_partitions"].value == [name]
+    assert not result.success and ran == []
+    return result
 
 
 def test_a_row_lost_on_its_way_to_the_warehouse_fails_the_check_and_blocks_downstream(tmp_path, monkeypatch):
@@ -142,16 +210,4 @@ def test_a_row_lost_on_its_way_to_the_warehouse_fails_the_check_and_blocks_downs
             insert(con, table, frame, on_conflict)
 
     monkeypatch.setattr(Warehouse, "insert", staticmethod(insert_without_quarantine))
-
-    ran = []
-
-    @prompt_partition_asset(deps=[raw_prompts])
-    def downstream() -> None:
-        ran.append(True)
-
-    overrides = {"domain": {"domain_file": DOMAIN}, "logs": {"location": str(logs)}, "warehouse": {"path": str(tmp_path / "wh.duckdb")}}
-    resources = default_resources(tmp_path, overrides)
-    result = materialize_partitions([raw_prompts, downstream], ["a.jsonl"], resources, raise_on_error=False)
-    [check] = result.get_asset_check_evaluations()
-    assert not check.passed and check.metadata["unreconciled_partitions"].value == ["a.jsonl"]
-    assert not result.success and ran == []
+    assert_unreconciled_and_nothing_downstream_ran(tmp_path, "a.jsonl")

@@ -231,7 +231,8 @@ def test_a_tool_conversation_reaches_the_chat_template_whole(embedded_model_dir)
         "{% for call in m.tool_calls or [] %}[call {{ call.function.name }} {{ call.function.arguments | tojson }}]{% endfor %}"
         "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
-    request = load_domain("assets/banking/domain.yaml").plain_request(KEPT, TOOLS)
+    spec = load_domain("assets/banking/domain.yaml")
+    request = spec.strategy_request(KEPT, spec.plain_strategy(), TOOLS)
     assert request.messages[1]["content"].endswith("Message: Where is my card?") and request.messages[2:] == KEPT[2:]
     text = tokenizer.decode(render(tokenizer, request))
     assert text.startswith("[tool card_status]\n<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")

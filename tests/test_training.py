@@ -68,13 +68,13 @@ def card_pairs(n: int) -> list[dict]:
 
 
 def test_dpo_trains_and_saves_a_merged_model(tiny_model_dir, tmp_path):
-    """Real TRL DPO + LoRA on a tiny random model: the merged model loads and differs from its parent."""
+    """Real TRL DPO + LoRA on a tiny random model: the merged model loads and prefers the chosen answer more than its parent."""
     out = tmp_path / "ckpt"
     settings = TrainSettings(batch_size=2, learning_rate=1e-2, min_steps=0)  # the schedule as given: 4 pairs, 2 a step
     metrics = train_stage("dpo", str(tiny_model_dir), card_pairs(4), settings, out, tmp_path / "work")
     assert metrics["steps"] == 2 and metrics["examples"] == 4
     assert len(metrics["loss_curve"]) == 2
-    assert_merged_and_changed(out, tiny_model_dir)
+    assert_merged_and_moved_to_the_chosen(out, tiny_model_dir)
 
 
 @pytest.mark.slow
@@ -85,20 +85,44 @@ def test_data_parallel_training_under_accelerate(tiny_model_dir, tmp_path):
     settings = TrainSettings(batch_size=4, learning_rate=1e-2, min_steps=0)  # the schedule as given
     metrics = train_stage("dpo", str(tiny_model_dir), card_pairs(8), settings, out, tmp_path / "work", processes=2)
     assert metrics["steps"] == 2 and metrics["examples"] == 8 and len(metrics["loss_curve"]) == 2
-    assert_merged_and_changed(out, tiny_model_dir)
+    assert_merged_and_moved_to_the_chosen(out, tiny_model_dir)
     with pytest.raises(ValueError, match="batch_size 4 must be a multiple of the 3 training processes"):
         train_stage("dpo", str(tiny_model_dir), card_pairs(8), settings, out, tmp_path / "work", processes=3)
 
 
-def assert_merged_and_changed(out, parent_dir) -> None:
+def answer_log_prob(model, tokenizer, prompt: list[dict], answer: list[dict]) -> float:
+    """log p(answer | prompt) under the model: the answer's tokens in the chat template, after the prompt's."""
     import torch
+
+    from tao_dagster.generation import chat_token_ids
+
+    start = len(chat_token_ids(tokenizer, prompt))
+    ids = torch.tensor([chat_token_ids(tokenizer, prompt + answer, generation_prompt=False)])
+    with torch.inference_mode():
+        log_probs = model(ids).logits.float().log_softmax(-1)[0, start - 1 : -1]
+    return float(log_probs.gather(1, ids[0, start:, None]).sum())
+
+
+def chosen_margin(model_dir, pair: dict) -> float:
+    """log p(chosen) - log p(rejected): what DPO raises."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32"), AutoTokenizer.from_pretrained(model_dir)
+    return answer_log_prob(model, tokenizer, pair["prompt"], pair["chosen"]) - answer_log_prob(
+        model, tokenizer, pair["prompt"], pair["rejected"]
+    )
+
+
+def assert_merged_and_moved_to_the_chosen(out, parent_dir) -> None:
+    """A standalone model (no LoRA weights left) whose chosen-versus-rejected margin rose: moved toward the chosen
+    answers, not merely changed."""
     from transformers import AutoModelForCausalLM
 
-    tuned = AutoModelForCausalLM.from_pretrained(out)
-    parent = AutoModelForCausalLM.from_pretrained(parent_dir)
-    assert not any("lora" in name for name in tuned.state_dict())
-    changed = [n for n, p in tuned.state_dict().items() if not torch.equal(p.to(torch.float32), parent.state_dict()[n].to(torch.float32))]
-    assert changed, "training changed no weight"
+    assert not any("lora" in name for name in AutoModelForCausalLM.from_pretrained(out).state_dict())
+    [pair] = card_pairs(1)
+    before, after = chosen_margin(parent_dir, pair), chosen_margin(out, pair)
+    print(f"chosen margin: {before:.2f} -> {after:.2f} nats")
+    assert after > before + 0.5, f"the chosen answer's margin did not rise: {before:.2f} -> {after:.2f}"
     assert (out / "tokenizer.json").is_file()
 
 

@@ -10,7 +10,6 @@ from tao_dagster.training import TrainSettings, domain_reward, train_grpo
 from .support.crash_worker import GRPO_SCORERS, GRPO_SETTINGS, grpo_prompts
 from .support.models import save_tiny_llama
 from .test_crash_resume import killed_training
-from .test_training import assert_merged_and_changed
 
 
 def answers(*texts: str) -> list[list[dict]]:
@@ -179,3 +178,16 @@ def test_grpo_on_the_embedded_model_with_the_banking_scorers(embedded_model_dir,
     assert metrics["steps"] == 2 and all(0.0 <= r <= 1.0 for r in metrics["reward_curve"])
     assert set(metrics["scorer_curves"]) == {s.name for s in scorers} and all(len(c) == 2 for c in metrics["scorer_curves"].values())
     assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == metrics["precision"]
+
+
+def assert_merged_and_changed(out, parent_dir) -> None:
+    """A standalone model (no LoRA weights left) with its tokenizer, whose weights differ from the parent's (that they
+    moved toward higher reward is test_grpo_moves_the_policy_toward_higher_reward's point)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tuned = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    parent = AutoModelForCausalLM.from_pretrained(parent_dir).state_dict()
+    assert not any("lora" in name for name in tuned)
+    assert any(not torch.equal(p.to(torch.float32), parent[n].to(torch.float32)) for n, p in tuned.items()), "no weight changed"
+    assert (out / "tokenizer.json").is_file()

@@ -22,6 +22,9 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 FLAGS += ["--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 ASSETS = ["candidate_responses", "eval_report", "raw_prompts", "reward_scores", "tuned_checkpoint"]
+# How long the page may take to show what the server holds. Every wait ends as soon as the page shows it, so this is a
+# ceiling for a slow or busy machine, not a pause; Playwright's expect() would give up after 5 s.
+PAGE_STATE_MS = 180_000
 
 pytestmark = [
     pytest.mark.browser,
@@ -73,29 +76,33 @@ def test_lineage_graph_and_eval_report_in_chromium(demo_home, tmp_path):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
         try:
             page = browser.new_page(viewport={"width": 2200, "height": 900})
-            page.set_default_timeout(60_000)
+            page.set_default_timeout(PAGE_STATE_MS)
             # A fresh browser profile gets Dagster's one-time "Join the community" dialog: skip it whenever it shows.
             page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.click())
 
             page.goto(f"{url}/asset-groups")
             nodes = page.locator("foreignObject", has=page.locator("[class*=assetName]"))
-            expect(nodes).to_have_count(len(ASSETS))
+            expect(nodes).to_have_count(len(ASSETS), timeout=PAGE_STATE_MS)
             names = nodes.locator("[class*=assetName]")
             assert sorted(names.all_inner_texts()) == ASSETS
+            # Each node fetches its status after the graph is drawn, showing "Loading..." until it arrives: wait for
+            # the status itself, then read it.
+            expect(nodes.filter(has_text="Loading")).to_have_count(0, timeout=PAGE_STATE_MS)
             for name in ("tuned_checkpoint", "eval_report"):
-                expect(nodes.filter(has_text=name)).to_contain_text("Materialized")
+                expect(nodes.filter(has_text=name)).to_contain_text("Materialized", timeout=PAGE_STATE_MS)
             for name in ("raw_prompts", "candidate_responses", "reward_scores"):
-                expect(nodes.filter(has_text=name)).to_contain_text("100% filled")
+                expect(nodes.filter(has_text=name)).to_contain_text("100% filled", timeout=PAGE_STATE_MS)
             page.screenshot(path=ARTIFACTS / "lineage.png")
 
             page.goto(f"{url}/assets/eval_report")
             page.get_by_text("[Show Markdown]").first.click()
             dialog = page.get_by_role("dialog")
-            expect(dialog).to_contain_text("TAO eval report")
-            expect(dialog.locator("table").first).to_contain_text("mean reward")
+            expect(dialog).to_contain_text("TAO eval report", timeout=PAGE_STATE_MS)
+            expect(dialog.locator("table").first).to_contain_text("mean reward", timeout=PAGE_STATE_MS)
             plot = dialog.locator("img[src^='data:image/png']")
-            expect(plot).to_have_count(1)
-            assert plot.evaluate("img => img.complete && img.naturalWidth") > 300, "the plot is decoded and drawn"
+            expect(plot).to_have_count(1, timeout=PAGE_STATE_MS)
+            plot.evaluate("img => img.complete || new Promise(done => img.addEventListener('load', done))")  # decoded
+            assert plot.evaluate("img => img.naturalWidth") > 300, "the plot is decoded and drawn"
             page.screenshot(path=ARTIFACTS / "eval_report.png")
         finally:
             browser.close()

@@ -46,6 +46,11 @@ class FlywheelResource(dg.ConfigurableResource):
     """When the flywheel schedule starts a tuning round (its cron comes from TAO_ROUND_CRON)."""
 
     min_new_prompts: int = Field(50, description="Training prompts scored under the current policy since the last checkpoint.")
+    max_files_per_run: int = Field(
+        50,
+        description="Most new log files one scoring run takes: a burst of files becomes runs of at most this many "
+        "partitions, each loading the engine once.",
+    )
 
 
 class LogSourceResource(dg.ConfigurableResource):

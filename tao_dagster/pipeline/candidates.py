@@ -34,12 +34,20 @@ class Planned:
     request: Request
 
 
-def plan_requests(spec: Domain, prompts: pl.DataFrame, policy_version: str, existing: set[str], partition: str = "") -> list[Planned]:
-    """Every strategy's samples for each prompt (prompt_id, messages, tools[, first_partition]) not in `existing` yet."""
+def plan_requests(
+    spec: Domain,
+    prompts: pl.DataFrame,
+    policy_version: str,
+    existing: set[str],
+    partition: str = "",
+    strategies: list[Strategy] | None = None,
+) -> list[Planned]:
+    """Every sample of the strategies (the domain's if None) for each prompt (prompt_id, messages, tools[,
+    first_partition]) not in `existing` yet."""
     todo = []
     for row in prompts.iter_rows(named=True):
         conversation, tools = json.loads(row["messages"]), json.loads(row["tools"] or "null")
-        for strategy in spec.strategies:
+        for strategy in spec.strategies if strategies is None else strategies:
             sampling = strategy.settings_key()
             for index in range(strategy.samples):
                 cid = candidate_id(row["prompt_id"], policy_version, strategy.name, sampling, index)
@@ -55,7 +63,7 @@ def plan_candidates(db: Warehouse, spec: Domain, policy_version: str, partitions
     return prompts.height, plan_requests(spec, prompts, policy_version, db.candidate_ids(policy_version))
 
 
-def candidate_frame(planned: list[Planned], outputs: list[Generation], version: str, engine: str) -> pl.DataFrame:
+def candidate_frame(generated: list[tuple[Planned, Generation]], version: str, engine: str) -> pl.DataFrame:
     """Warehouse rows of generated candidates."""
     return pl.DataFrame(
         [
@@ -73,32 +81,63 @@ def candidate_frame(planned: list[Planned], outputs: list[Generation], version: 
                 "finish_reason": out.finish_reason,
                 "engine": engine,
             }
-            for p, out in zip(planned, outputs)
+            for p, out in generated
         ]
     )
 
 
+def skipped_frame(table: str, skipped: list[tuple[Planned, Generation]], version: str) -> pl.DataFrame:
+    """Warehouse rows of the requests skipped as too long for the model's window, with the reason."""
+    return pl.DataFrame(
+        [
+            {"stage": table, "candidate_id": p.candidate_id, "prompt_id": p.prompt_id, "policy_version": version}
+            | {"strategy": p.strategy.name, "prompt_tokens": out.prompt_tokens, "reason": out.skipped}
+            for p, out in skipped
+        ]
+    )
+
+
+@dataclass
+class Generated:
+    """What one generate_and_store did."""
+
+    generated: int = 0
+    skipped: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+
 def generate_and_store(
     db: Warehouse, table: str, settings: PolicySettings, policy: Policy, todo: list[Planned], columns: list[str] | None = None, log=logger
-) -> tuple[int, int, float]:
+) -> Generated:
     """Generate `todo` with the policy and store it in `table` (only `columns` of a candidate row, if given), chunk by
     chunk: one transaction per chunk, so a crash keeps every chunk stored before it and the rerun generates only
-    what is still missing. Returns (generated, completion tokens, generation seconds)."""
-    generated, new_tokens, seconds = 0, 0, 0.0
+    what is still missing. A request too long for the model's window is recorded in `skipped_requests` with its
+    reason, and the rest of its chunk goes on."""
+    done = Generated()
     if not todo:
-        return generated, new_tokens, seconds
+        return done
     with open_engine(policy.path, settings.engine_settings()) as engine:
         for start in range(0, len(todo), settings.generation_chunk):
             chunk = todo[start : start + settings.generation_chunk]
             began = time.perf_counter()
             outputs = engine.generate([p.request for p in chunk])
-            seconds += time.perf_counter() - began
-            frame = candidate_frame(chunk, outputs, policy.version, engine.name)
-            db.upsert(table, frame.select(columns) if columns else frame)
-            generated += frame.height
-            new_tokens += int(frame["completion_tokens"].sum())
-            log.info(f"{generated} of {len(todo)} {table} generated and stored")
-    return generated, new_tokens, seconds
+            done.seconds += time.perf_counter() - began
+            kept = [(p, out) for p, out in zip(chunk, outputs) if not out.skipped]
+            skipped = [(p, out) for p, out in zip(chunk, outputs) if out.skipped]
+            with db.transaction() as con:
+                if kept:
+                    frame = candidate_frame(kept, policy.version, engine.name)
+                    db.insert(con, table, frame.select(columns) if columns else frame)
+                    done.completion_tokens += int(frame["completion_tokens"].sum())
+                if skipped:
+                    db.insert(con, "skipped_requests", skipped_frame(table, skipped, policy.version))
+            for p, out in skipped:
+                log.warning(f"{table}: skipped {p.strategy.name} for prompt {p.prompt_id}: {out.skipped}")
+            done.generated += len(kept)
+            done.skipped += len(skipped)
+            log.info(f"{done.generated} of {len(todo)} {table} generated and stored, {done.skipped} skipped as too long")
+    return done
 
 
 def production_candidates(db: Warehouse, partitions: list[str]) -> int:
@@ -136,16 +175,17 @@ def generate_candidates(
     spec = domain.load()
     n_prompts, todo = plan_candidates(db, spec, policy.version, partitions)
     log.info(f"{n_prompts} prompts, {len(todo)} candidates to generate with {policy.version}")
-    generated, new_tokens, seconds = generate_and_store(db, "candidates", settings, policy, todo, log=log)
+    done = generate_and_store(db, "candidates", settings, policy, todo, log=log)
     stats = db.candidate_stats(policy.version, partitions)
     return {
         "policy_version": policy.version,
         "production_candidates": production_candidates(db, partitions),
         "prompts": n_prompts,
-        "candidates_generated": generated,
-        "candidates_reused": n_prompts * sum(s.samples for s in spec.strategies) - generated,
-        "generation_seconds": round(seconds, 1),
-        "tokens_per_second": round(new_tokens / seconds, 1) if seconds else 0.0,
+        "candidates_generated": done.generated,
+        "candidates_skipped": done.skipped,  # too long for the model's window: in skipped_requests with the reason
+        "candidates_reused": n_prompts * sum(s.samples for s in spec.strategies) - len(todo),
+        "generation_seconds": round(done.seconds, 1),
+        "tokens_per_second": round(done.completion_tokens / done.seconds, 1) if done.seconds else 0.0,
         "completion_tokens": int(stats["candidates"].dot(stats["mean_tokens"])) if stats.height else 0,
         "per_strategy": Markdown(markdown_table(stats.to_dicts())),
     }

@@ -1,14 +1,11 @@
 """Held-out answers, shared by the promotion gate and the report: each policy answers each held-out prompt once
 (greedy, plain prompt), and the answers are scored by the domain's pointwise scorers."""
 
-import json
-
 import numpy as np
 import polars as pl
 
 from tao_dagster.domain import Domain, DomainSettings
 from tao_dagster.errors import StageError
-from tao_dagster.generation import open_engine
 from tao_dagster.pipeline.candidates import generate_and_store, plan_requests
 from tao_dagster.pipeline.scores import scored_items
 from tao_dagster.policies import Policy, PolicySettings
@@ -16,6 +13,7 @@ from tao_dagster.rewards import Scorer, combine, score_frame
 from tao_dagster.training import best_candidates
 from tao_dagster.warehouse import Warehouse
 
+EVAL_ANSWER_COLUMNS = ["policy_version", "prompt_id", "response", "completion_tokens"]
 EVAL_CANDIDATE_COLUMNS = ["candidate_id", "prompt_id", "policy_version", "strategy", "sampling", "response", "completion_tokens"]
 
 
@@ -28,23 +26,19 @@ def heldout_prompts(db: Warehouse, domain: DomainSettings, part: str) -> pl.Data
 
 
 def heldout_answers(db: Warehouse, spec: Domain, settings: PolicySettings, policy: Policy, prompts: pl.DataFrame) -> pl.DataFrame:
-    """The policy's answers to `prompts`, generating only those not stored yet; sorted by prompt id."""
+    """The policy's answers to `prompts` (plain prompt, greedy), generating only those not stored yet; sorted by
+    prompt id. A prompt too long for the model's window has no answer (see on_common_prompts)."""
     todo = prompts.filter(~pl.col("prompt_id").is_in(db.answers(policy.version)["prompt_id"].to_list()))
-    if todo.height:
-        with open_engine(policy.path, settings.engine_settings()) as llm:
-            for chunk in todo.iter_slices(settings.generation_chunk):  # stored chunk by chunk, like candidates
-                requests = [
-                    spec.plain_request(json.loads(m), json.loads(t or "null")) for m, t in chunk.select("messages", "tools").iter_rows()
-                ]
-                outputs = llm.generate(requests)
-                answers = {
-                    "policy_version": policy.version,
-                    "prompt_id": chunk["prompt_id"],
-                    "response": [o.text for o in outputs],
-                    "completion_tokens": [o.completion_tokens for o in outputs],
-                }
-                db.upsert("eval_answers", pl.DataFrame(answers))
+    planned = plan_requests(spec, todo, policy.version, set(), strategies=[spec.plain_strategy()])
+    generate_and_store(db, "eval_answers", settings, policy, planned, EVAL_ANSWER_COLUMNS)
     return db.answers(policy.version).join(prompts.select("prompt_id", "text"), on="prompt_id").sort("prompt_id")
+
+
+def on_common_prompts(*frames: pl.DataFrame) -> list[pl.DataFrame]:
+    """The frames cut to the prompts every one of them answered, so that paired comparisons pair the same prompts:
+    a request too long for the model's window is skipped at generation and leaves its prompt unanswered."""
+    common = set.intersection(*(set(f["prompt_id"]) for f in frames))
+    return [f.filter(pl.col("prompt_id").is_in(list(common))) for f in frames]
 
 
 def pointwise_scorers(scorers: list[Scorer]) -> list[Scorer]:

@@ -7,7 +7,7 @@ from tao_dagster.domain import DomainSettings
 from tao_dagster.errors import StageError
 from tao_dagster.evaluation import compare, promotion_decision
 from tao_dagster.pipeline.diagnosis import why_no_lift
-from tao_dagster.pipeline.heldout import answer_rewards, heldout_answers, heldout_prompts, pointwise_scorers
+from tao_dagster.pipeline.heldout import answer_rewards, heldout_answers, heldout_prompts, on_common_prompts, pointwise_scorers
 from tao_dagster.policies import Policy, PolicySettings, base_policy, champion_policy
 from tao_dagster.tracking import Tracking
 from tao_dagster.warehouse import Warehouse
@@ -39,7 +39,8 @@ def decide_promotion(
     prompts = heldout_prompts(db, domain, "gate")
     references = {"base": base_policy(settings), **({"champion": champion} if champion else {})}
     models = {**references, "candidate": candidate}
-    answers = {name: heldout_answers(db, spec, settings, p, prompts) for name, p in models.items()}
+    answered = on_common_prompts(*(heldout_answers(db, spec, settings, p, prompts) for p in models.values()))
+    answers = dict(zip(models, answered))
     rewards = {name: answer_rewards(frame, scorers) for name, frame in answers.items()}
     comparisons = {name: compare(rewards[name], rewards["candidate"]) for name in references}
     promote, why = promotion_decision(comparisons)

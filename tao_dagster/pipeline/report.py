@@ -10,9 +10,9 @@ from tao_dagster.domain import Domain, DomainSettings
 from tao_dagster.evaluation import answer_distribution, compare, load_labels, outside_check, plot_report, write_report
 from tao_dagster.paths import tao_home
 from tao_dagster.pipeline.diagnosis import why_no_lift
-from tao_dagster.pipeline.heldout import answer_rewards, best_of_n, heldout_answers, heldout_prompts, pointwise_scorers
+from tao_dagster.pipeline.heldout import answer_rewards, best_of_n, heldout_answers, heldout_prompts, on_common_prompts, pointwise_scorers
 from tao_dagster.pipeline.scores import policy_rewards
-from tao_dagster.policies import Policy, PolicySettings, base_policy, policy_of_version
+from tao_dagster.policies import Policy, PolicySettings, base_policy, champion_checkpoint, checkpoint_version, policy_of_version
 from tao_dagster.rewards import Scorer, extract_field
 from tao_dagster.storage import ArtifactStore
 from tao_dagster.tracking import Tracking
@@ -52,25 +52,26 @@ def reward_choices(spec: Domain, texts: list[str]) -> list[str] | None:
     return chooser.choose(texts) if chooser else None
 
 
-def ceiling(
-    db: Warehouse,
-    spec: Domain,
-    settings: PolicySettings,
-    tracking: Tracking,
-    parent: str,
-    prompts: pl.DataFrame,
-    scorers: list[Scorer],
-    base: np.ndarray,
-    tuned: np.ndarray,
-) -> tuple[dict, pl.DataFrame]:
+def ceiling(best_reward: np.ndarray, base: np.ndarray, tuned: np.ndarray) -> dict:
     """Best-of-N of the parent on the test prompts, and how much of its gain over the base the tuned model kept."""
-    best = best_of_n(db, spec, settings, policy_of_version(db, settings, tracking, parent), prompts)
-    reward = answer_rewards(best, scorers)
-    gap = float(reward.mean() - base.mean())
+    gap = float(best_reward.mean() - base.mean())
     return {
-        "best_of_n_mean_reward": float(reward.mean()),
+        "best_of_n_mean_reward": float(best_reward.mean()),
         "distillation_ratio": float((tuned.mean() - base.mean()) / gap) if gap > 0 else float("nan"),
-    }, best
+    }
+
+
+def promotion_status(db: Warehouse, settings: PolicySettings, tracking: Tracking, tuned: Policy) -> dict:
+    """Whether the reported checkpoint was promoted (its gate passed, or the champion alias is on it: a rollback),
+    its gate's verdict as tagged on its model version, and the champion now: a report of a checkpoint that does not
+    serve says so."""
+    champion = champion_checkpoint(db, tracking)
+    gate = tracking.version_tag(tuned.model_version, "promotion_gate") or "not run"
+    return {
+        "promoted": gate == "passed" or champion == tuned.checkpoint_id,
+        "promotion_gate": gate,
+        "champion": checkpoint_version(champion) if champion else settings.base_version(),
+    }
 
 
 def versus_production(db: Warehouse, answered: pl.DataFrame, tuned: np.ndarray, scorers: list[Scorer]) -> dict | None:
@@ -88,19 +89,23 @@ def versus_production(db: Warehouse, answered: pl.DataFrame, tuned: np.ndarray, 
 def evaluate(
     db: Warehouse, domain: DomainSettings, settings: PolicySettings, tracking: Tracking, artifacts: ArtifactStore, tuned: Policy
 ) -> tuple[dict, list[Alarm], dict]:
-    """Answer the held-out test prompts (which no decision reads) with the base and the tuned model, compare them
+    """Answer the held-out test prompts (which no decision reads) with the base and the tuned model (promoted or not:
+    the report says which, see promotion_status), compare them
     with each other and with the parent's best-of-N, write report.json/.md and a plot, and log them to the
     checkpoint's MLflow run. Returns (the report, its alarms, the files written)."""
     spec = domain.load()
     checkpoint = db.checkpoint(tuned.checkpoint_id)
     prompts = heldout_prompts(db, domain, "test")
-    base = heldout_answers(db, spec, settings, base_policy(settings), prompts)
-    answered = heldout_answers(db, spec, settings, tuned, prompts)
+    base, answered, best = on_common_prompts(
+        heldout_answers(db, spec, settings, base_policy(settings), prompts),
+        heldout_answers(db, spec, settings, tuned, prompts),
+        best_of_n(db, spec, settings, policy_of_version(db, settings, tracking, checkpoint["parent"]), prompts),
+    )
     scorers = pointwise_scorers(spec.build_scorers())
-    rewards = {"base": answer_rewards(base, scorers), "tuned": answer_rewards(answered, scorers)}
-    report = {"checkpoint_id": tuned.checkpoint_id, "parent": checkpoint["parent"], **compare(rewards["base"], rewards["tuned"])}
-    measured, best = ceiling(db, spec, settings, tracking, checkpoint["parent"], prompts, scorers, rewards["base"], rewards["tuned"])
-    report |= measured
+    rewards = {name: answer_rewards(frame, scorers) for name, frame in (("base", base), ("tuned", answered), ("best_of_n", best))}
+    report = {"checkpoint_id": tuned.checkpoint_id, "parent": checkpoint["parent"], **promotion_status(db, settings, tracking, tuned)}
+    report |= compare(rewards["base"], rewards["tuned"])
+    report |= ceiling(rewards["best_of_n"], rewards["base"], rewards["tuned"])
     if versus := versus_production(db, answered, rewards["tuned"], scorers):
         report["vs_production"] = versus
     report["base_mean_tokens"] = float(base["completion_tokens"].mean())

@@ -2,13 +2,14 @@
 
 from tao_dagster.pipeline.round import run_round
 report = run_round(Warehouse("tao.duckdb"), DomainSettings(domain_file="assets/banking/domain.yaml"),
-                   PolicySettings(cache_dir=".cache"), Tracking(tracking_uri="sqlite:///mlflow.db"),
+                   PolicySettings(cache_dir=".cache"), Tracking(tracking_uri="sqlite:///mlflow.db", registered_model="tao-banking"),
                    [Path("assets/banking/logs/2026-11-02.csv")])
 """
 
 import logging
 from pathlib import Path
 
+from tao_dagster.context_window import window_check
 from tao_dagster.domain import DomainSettings
 from tao_dagster.pipeline.candidates import generate_candidates
 from tao_dagster.pipeline.promotion import decide_promotion
@@ -37,9 +38,9 @@ def run_round(
 ) -> dict:
     """Ingest each file as a partition, generate and score candidates with the current policy, train, gate, and
     report. Returns the report, or the gate's summary (with `promoted: False`) when the checkpoint was not promoted."""
-    keys = [partition_key(path.name) for path in log_files]
+    keys, window = [partition_key(path.name) for path in log_files], window_check(domain.load(), policy)
     for key, path in zip(keys, log_files):
-        counts = ingest_partition(db, key, path, domain, log)
+        counts = ingest_partition(db, key, path, domain, window, log)
         if not reconciles(counts):
             raise RuntimeError(f"{path}: rows read do not reconcile with the warehouse: {counts}")
     generate_candidates(db, domain, policy, current_policy(db, policy, tracking), keys, log)

@@ -110,7 +110,7 @@ def train_and_register(
         mlflow.log_dict(pairs.head(50).to_dicts(), "pairs_sample.json")
         mlflow.log_dict(data.targets.head(50).to_dicts(), "targets_sample.json")
         mlflow.log_artifacts(str(out_dir), artifact_path="model")
-        run_id, model_version = run.info.run_id, tracking.register(run)
+        model_version, run_id = tracking.register(run, ckpt)  # a killed run of this checkpoint may have registered it
     row = {
         "checkpoint_id": ckpt,
         "parent": parent.version,

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from tao_dagster.hardware import Precision
+from tao_dagster.storage import fsync_folder, fsync_tree
 from tao_dagster.training.fast_forward import add_lora_in_fp32, share_prompts
 from tao_dagster.training.resume import last_saved_checkpoint
 from tao_dagster.training.settings import TrainSettings
@@ -123,11 +124,14 @@ def save_merged(trainer, tokenizer, out_dir: Path, precision: Precision) -> None
     complete, so a kill never leaves a half-written checkpoint where the next round looks."""
     merged = trainer.model.merge_and_unload().to(precision.torch_dtype())
     tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # what a killed save left
     merged.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    fsync_tree(tmp)  # on disk before the rename says it is complete
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
+    fsync_folder(out_dir.parent)
 
 
 def trained_tokens(stage: str, data: Dataset) -> int:

@@ -1,6 +1,6 @@
 """What tests/test_crash_resume.py and tests/test_training_grpo.py run in a subprocess and kill with SIGKILL:
-candidate generation, DPO and GRPO training, and a warehouse write. `python -m tests.support.crash_worker <what> <args>`
-from the repository root."""
+candidate generation, DPO and GRPO training, a tuning round about to record its registered checkpoint, and a
+warehouse write. `python -m tests.support.crash_worker <what> <args>` from the repository root."""
 
 import signal
 import sys
@@ -8,8 +8,10 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pyarrow as pa
 
 from tao_dagster.defs.candidates.assets import candidate_responses
+from tao_dagster.defs.checkpoint.assets import tuned_checkpoint
 from tao_dagster.defs.partitions import log_files
 from tao_dagster.defs.resources import default_resources
 from tao_dagster.rewards import build_scorers
@@ -78,18 +80,52 @@ def train_grpo_tiny(model_dir: str, out_dir: str, work_dir: str) -> None:
     train_grpo(model_dir, grpo_prompts(), domain_reward(build_scorers(GRPO_SCORERS)), GRPO_SETTINGS, Path(out_dir), Path(work_dir))
 
 
-def write(path: str, committed_rows: str, killed_rows: str) -> None:
-    """Commit one partition, then insert another in a transaction that the kill interrupts before its commit.
-    Prints the file's size at each stage, to show how far the uncommitted rows had reached."""
+# DPO settings of tuned_checkpoint for a handful of pairs of the tiny model.
+TUNE_CONFIG = {"batch_size": 4, "epochs": 1, "min_chosen_reward": 0.0, "min_margin": 0.0, "max_pairs": 0, "min_steps": 0}
+
+
+def tune(home: str, model_dir: str, domain_file: str) -> None:
+    """tuned_checkpoint, held for the kill after it registered the model version, before the warehouse records the
+    checkpoint."""
+    upsert = Warehouse.upsert
+
+    def upsert_after_the_kill(self, table, frame, on_conflict="replace"):
+        if table == "checkpoints":
+            print("registered", flush=True)
+            signal.pause()
+        upsert(self, table, frame, on_conflict)
+
+    Warehouse.upsert = upsert_after_the_kill
+    run_config = {"ops": {"tuned_checkpoint": {"config": TUNE_CONFIG}}}
+    dg.materialize([tuned_checkpoint], resources=pipeline_resources(Path(home), model_dir, domain_file), run_config=run_config)
+
+
+def write(path: str, committed_rows: str, killed_rows: str, kill_at: str) -> None:
+    """Commit one partition, then insert another in a transaction that the kill interrupts before its commit:
+    `inserting`, inside the insert statement, which reads its rows from a stream that stops for the kill after two
+    batches; `inserted`, after the statement, with the commit to come. Prints the file's size at each stage, to
+    show how far the uncommitted rows had reached."""
     db = Warehouse(path)
     db.upsert("candidates", frame("committed", int(committed_rows)))
     print("committed", Path(path).stat().st_size, flush=True)
+    rows = frame("killed", int(killed_rows)).to_arrow()
     with db.transaction() as con:
-        print("inserting", Path(path).stat().st_size, flush=True)
-        db.insert(con, "candidates", frame("killed", int(killed_rows)))
-        print("inserted", Path(path).stat().st_size, flush=True)
-        signal.pause()  # the transaction stays open until the test kills this process
+        if kill_at == "inserting":
+
+            def batches():
+                for n, batch in enumerate(rows.to_batches(max_chunksize=len(rows) // 8), start=1):
+                    yield batch
+                    print(f"inserting batch {n}", Path(path).stat().st_size, flush=True)
+                    if n == 2:
+                        signal.pause()  # inside the statement: DuckDB asks this stream for the next batch
+
+            con.register("incoming", pa.RecordBatchReader.from_batches(rows.schema, batches()))
+            con.execute("insert into candidates by name select * from incoming")
+        else:
+            db.insert(con, "candidates", pl.from_arrow(rows))
+            print("inserted", Path(path).stat().st_size, flush=True)
+            signal.pause()  # the transaction stays open until the test kills this process
 
 
 if __name__ == "__main__":
-    {"generate": generate, "train": train, "train_grpo": train_grpo_tiny, "write": write}[sys.argv[1]](*sys.argv[2:])
+    {"generate": generate, "train": train, "train_grpo": train_grpo_tiny, "tune": tune, "write": write}[sys.argv[1]](*sys.argv[2:])

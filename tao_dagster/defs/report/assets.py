@@ -20,6 +20,8 @@ CHECKS = {
     "tuned_beats_base": "Held-out mean reward: the 95% CI of tuned - base lies above 0.",
     "outside_check_beats_majority": "Tuned accuracy against held-out labels beats always answering the commonest label.",
     "serving_cost_not_higher": "The tuned model's answers are no longer on average than the base model's.",
+    "reports_a_promoted_checkpoint": "Warns when the report describes a checkpoint the promotion gate did not promote "
+    "(eval_report materialized on its own after a refused or skipped gate): one that does not serve.",
 }
 
 
@@ -41,6 +43,12 @@ def report_checks(report: dict, alarms: list[Alarm]) -> list[dg.AssetCheckResult
         dg.AssetCheckResult(
             check_name="serving_cost_not_higher", passed=bool(tokens["tuned_mean_tokens"] <= tokens["base_mean_tokens"]), metadata=tokens
         ),
+        dg.AssetCheckResult(
+            check_name="reports_a_promoted_checkpoint",
+            passed=bool(report["promoted"]),
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"promotion_gate": report["promotion_gate"], "champion": report["champion"]},
+        ),
     ]
 
 
@@ -51,6 +59,7 @@ def report_metadata(report: dict, files: dict) -> dict:
         "report": dg.MetadataValue.md(files["markdown"] + f"\n![rewards and answers](data:image/png;base64,{image})\n"),
         **{k: dg.MetadataValue.path(str(files[k])) for k in ("report_json", "report_md", "plot", "published") if k in files},
         **{k: v for k, v in report.items() if isinstance(v, int | float)},
+        **{k: report[k] for k in ("promotion_gate", "champion")},
         **({"why_no_lift": report["why_no_lift"]["advice"]} if "why_no_lift" in report else {}),
         **compute_precision().metadata(),
     }
@@ -64,7 +73,9 @@ def report_metadata(report: dict, files: dict) -> dict:
     op_tags=gpu_step(),
     check_specs=[dg.AssetCheckSpec(name, asset="eval_report", description=text) for name, text in CHECKS.items()],
     description="Held-out prompts (never trained on) answered greedily with the plain prompt by the base model and the "
-    "latest tuned checkpoint (once its promotion gate passes), scored by the pointwise scorers: mean rewards, the "
+    "latest tuned checkpoint (in a round, once its promotion gate passes; materialized on its own, a report of an "
+    "unpromoted checkpoint says so: `promoted`, and the check reports_a_promoted_checkpoint), scored by the pointwise "
+    "scorers: mean rewards, the "
     "difference with a 95% bootstrap CI, win rate, output tokens, the categorical answer distribution and, where the "
     "domain has labels, the outside check.",
 )
