@@ -41,6 +41,7 @@ def first_round_data(home: Path, domain: str) -> dict:
     """Ingest the domain's logs and score the base model's candidates in `home`, and answer both held-out halves with
     the base model (and its best-of-N on the test half), which every algorithm's gate and report compare with; the
     seconds each took."""
+    from tao_dagster.context_window import window_check
     from tao_dagster.pipeline.candidates import generate_candidates
     from tao_dagster.pipeline.heldout import best_of_n, heldout_answers, heldout_prompts
     from tao_dagster.pipeline.prompts import ingest_partition
@@ -53,8 +54,9 @@ def first_round_data(home: Path, domain: str) -> dict:
     db = Warehouse(s.warehouse_path)
     files = sorted((PROJECT_ROOT / "assets" / domain / "logs").iterdir())
     keys = [partition_key(f.name) for f in files]
+    window = window_check(s.domain.load(), s.policy)
     for key, path in zip(keys, files):
-        ingest_partition(db, key, path, s.domain)
+        ingest_partition(db, key, path, s.domain, window)
     start = time.perf_counter()
     generate_candidates(db, s.domain, s.policy, current_policy(db, s.policy, s.tracking), keys)
     generated = time.perf_counter() - start

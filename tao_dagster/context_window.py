@@ -6,12 +6,14 @@ under `long_prompts: truncate`) before an engine sees it. Generation checks ever
 (generation.too_long) and skips one that cannot fit, for a window or a domain changed since ingestion.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tao_dagster.domain import Domain
 from tao_dagster.generation import TokenCounter
-from tao_dagster.ingest import RAW_EXCERPT_CHARS, BadRow, LongPrompts, ParsedFile, ParsedRow, normalise_text
+from tao_dagster.ingest import BadRow, LongPrompts, ParsedFile, ParsedRow, normalise_text
 from tao_dagster.policies import PolicySettings
+from tao_dagster.traces import last_user_turn
+from tao_dagster.traces.files import excerpt
 
 BATCH = 4096  # conversations counted per tokenizer call: bounded memory for any file
 # Tokens a prompt's estimated count (its template's text and the prompt counted apart) may differ from the exact one
@@ -55,17 +57,21 @@ class WindowCheck:
 
     def prompt_tokens(self, conversations: list[list[dict]], exact: bool = True) -> list[list[int]]:
         """len(render()) of each conversation's request with each strategy, without rendering them: a strategy's
-        template changes only the last turn, and the chat template's own tokens only with the roles and the prefix.
-        Not `exact`: the last turn counted as its template's text and its prompt apart, which is off by the few
+        template changes only the last user turn, and the chat template's own tokens only with the roles and the
+        prefix. Not `exact`: that turn counted as its template's text and its prompt apart, which is off by the few
         tokens that merge across their joins, and far cheaper than tokenizing every template (few-shot examples
-        included) again for every prompt."""
-        earlier = self.counter.content_tokens([m["content"] for c in conversations for m in c[:-1]])
+        included) again for every prompt. Tool calls and tool definitions are not counted here: generation checks
+        the whole rendered request again."""
+        asks = [last_user_turn(c) for c in conversations]
+        others = [m.get("content") or "" for c, ask in zip(conversations, asks) for i, m in enumerate(c) if i != ask]
+        earlier = self.counter.content_tokens(others)
         if exact:
             last = {
-                t: self.counter.content_tokens([self.spec.messages(c, t)[-1]["content"] for c in conversations]) for t in self.around_prompt
+                t: self.counter.content_tokens([self.spec.messages(c, t)[ask]["content"] for c, ask in zip(conversations, asks)])
+                for t in self.around_prompt
             }
         else:
-            prompts = self.counter.content_tokens([c[-1]["content"] for c in conversations])
+            prompts = self.counter.content_tokens([c[ask]["content"] for c, ask in zip(conversations, asks)])
             last = {t: [around + uses * n for n in prompts] for t, (around, uses) in self.around_prompt.items()}
         counts, done = [], 0
         for k, c in enumerate(conversations):
@@ -91,9 +97,10 @@ class WindowCheck:
         return found
 
     def cut(self, conversation: list[dict], over: Overrun) -> list[dict] | None:
-        """The conversation with its last prompt cut, token by token from the end, until every strategy fits; None
-        when the earlier turns and the templates leave no room for it."""
-        prompt = conversation[-1]["content"]
+        """The conversation with its last user turn cut, token by token from the end, until every strategy fits; None
+        when the other turns and the templates leave no room for it."""
+        ask = last_user_turn(conversation)
+        prompt = conversation[ask]["content"]
         while over is not None:
             encoded = self.counter.tokenizer(prompt, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
             keep = len(encoded["input_ids"]) - over.excess
@@ -102,7 +109,7 @@ class WindowCheck:
             prompt = prompt[: encoded["offset_mapping"][keep][0]]  # up to the first token dropped: always shorter
             if not normalise_text(prompt):
                 return None
-            conversation = [*conversation[:-1], {"role": "user", "content": prompt}]
+            conversation = [*conversation[:ask], {"role": "user", "content": prompt}, *conversation[ask + 1 :]]
             [over] = self.overruns([conversation])
         return conversation
 
@@ -116,10 +123,12 @@ class WindowCheck:
                 if over is None:
                     kept.append(row)
                 elif cut is not None:
-                    kept.append(ParsedRow(row.line, cut, truncated=True))
+                    kept.append(ParsedRow(row.line, replace(row.trace, messages=cut), truncated=True))
                 else:
                     room = "; earlier turns and the templates leave no room for it" if long_prompts == "truncate" else ""
-                    parsed.bad.append(BadRow(row.line, over.reason() + room, row.messages[-1]["content"][:RAW_EXCERPT_CHARS]))
+                    parsed.bad.append(
+                        BadRow(row.line, over.reason() + room, excerpt(row.messages[last_user_turn(row.messages)]["content"]))
+                    )
         parsed.rows = kept
 
 

@@ -7,13 +7,7 @@ import io
 from collections.abc import Callable
 from pathlib import Path
 
-from tao_dagster.ingest import BYTE_ORDER_MARKS
-
-
-def text_of(path: Path) -> str:
-    data = path.read_bytes()
-    encoding = next((name for mark, name in BYTE_ORDER_MARKS if data.startswith(mark)), "utf-8")
-    return data.decode(encoding, errors="replace")
+from tao_dagster.traces.files import decode
 
 
 def line_records(text: str) -> int:
@@ -43,4 +37,4 @@ def count_records(path: Path, log_format: str) -> int | None:
     """The file's records, or None for a file without a counter here, compressed, a JSON document or Parquet, or of
     a format with several records a line (its parser's count then stands alone)."""
     counter = COUNTERS.get(path.suffix.lower())
-    return counter(text_of(path)) if counter and log_format in LINE_FORMATS else None
+    return counter(decode(path.read_bytes())[0]) if counter and log_format in LINE_FORMATS else None

@@ -14,11 +14,13 @@ from transformers import AutoTokenizer
 from tao_dagster.context_window import SLACK, WindowCheck
 from tao_dagster.domain import PLAIN_ANSWER, Domain, DomainSettings, Strategy, load_domain
 from tao_dagster.generation import SKIPPED, EngineSettings, Sampling, open_engine, render
-from tao_dagster.ingest import RAW_EXCERPT_CHARS, ParsedFile, ParsedRow, prompt_id
+from tao_dagster.ingest import ParsedFile, ParsedRow, prompt_id
 from tao_dagster.paths import PROJECT_ROOT
 from tao_dagster.pipeline.candidates import generate_candidates
 from tao_dagster.pipeline.heldout import heldout_answers, on_common_prompts
 from tao_dagster.policies import PolicySettings, base_policy
+from tao_dagster.traces import Trace
+from tao_dagster.traces.files import RAW_EXCERPT_CHARS
 from tao_dagster.warehouse import Warehouse
 
 from .conftest import BANKING
@@ -84,14 +86,14 @@ def test_ingestion_keeps_a_prompt_at_the_window_and_quarantines_or_cuts_one_toke
     check = WindowCheck(spec, tokenizer, WINDOW)
     at, over = sized(tokenizer, spec, strategy, WINDOW), sized(tokenizer, spec, strategy, WINDOW + 1)
 
-    skipped = ParsedFile(Path("log.jsonl"), [ParsedRow(1, at), ParsedRow(2, over)])
+    skipped = ParsedFile(Path("log.jsonl"), [ParsedRow(1, Trace(at)), ParsedRow(2, Trace(over))])
     check.apply(skipped, "skip")
     assert [r.messages for r in skipped.rows] == [at] and [b.line for b in skipped.bad] == [2]
     assert f"with strategy {strategy.name!r}" in skipped.bad[0].reason
     assert skipped.bad[0].reason.endswith(f"1 over the model's window of {WINDOW} tokens (max_model_len)")
     assert skipped.bad[0].raw == over[-1]["content"][:RAW_EXCERPT_CHARS]
 
-    cut = ParsedFile(Path("log.jsonl"), [ParsedRow(1, at), ParsedRow(2, over)])
+    cut = ParsedFile(Path("log.jsonl"), [ParsedRow(1, Trace(at)), ParsedRow(2, Trace(over))])
     check.apply(cut, "truncate")
     assert cut.bad == [] and [r.truncated for r in cut.rows] == [False, True]
     shortened = cut.rows[1].messages[-1]["content"]
@@ -101,7 +103,7 @@ def test_ingestion_keeps_a_prompt_at_the_window_and_quarantines_or_cuts_one_toke
 
 def test_a_prompt_the_templates_leave_no_room_for_is_quarantined_even_when_cutting(tokenizer):
     spec = DOMAINS["banking"]
-    parsed = ParsedFile(Path("log.csv"), [ParsedRow(2, [{"role": "user", "content": "Where is my card?"}])])
+    parsed = ParsedFile(Path("log.csv"), [ParsedRow(2, Trace([{"role": "user", "content": "Where is my card?"}]))])
     WindowCheck(spec, tokenizer, 200).apply(parsed, "truncate")  # the few-shot examples alone are longer
     assert parsed.rows == [] and parsed.bad[0].reason.endswith("earlier turns and the templates leave no room for it")
     assert "with strategy 'few_shot'" in parsed.bad[0].reason
@@ -152,8 +154,10 @@ def test_a_skipped_request_is_recorded_with_its_reason_and_its_chunk_goes_on(tmp
             "source_file": "a.jsonl",
             "prompt_id": prompt_id(m),
             "messages": json.dumps(m),
+            "tools": None,
             "text": m[-1]["content"],
             "heldout": False,
+            **dict.fromkeys(("request_id", "requested_at", "model", "reply")),
         }
         for line, m in enumerate(conversations, start=1)
     ]
@@ -175,7 +179,10 @@ def test_a_heldout_prompt_without_an_answer_is_left_out_of_every_comparison(tmp_
         "a" * 16: [{"role": "user", "content": "Where is my card?"}],
         "b" * 16: [{"role": "user", "content": "Why? " * WINDOW}],
     }
-    prompts = pl.DataFrame([{"prompt_id": p, "messages": json.dumps(m), "text": m[-1]["content"]} for p, m in conversations.items()])
+    prompts = pl.DataFrame(
+        [{"prompt_id": p, "messages": json.dumps(m), "tools": None, "text": m[-1]["content"]} for p, m in conversations.items()],
+        schema_overrides={"tools": pl.String},
+    )
     db = Warehouse(tmp_path / "wh.duckdb")
     policy = PolicySettings(base_model=str(tiny_model_dir), cache_dir=str(tmp_path), engine="transformers", max_model_len=WINDOW)
     answers = heldout_answers(db, spec, policy, base_policy(policy), prompts)

@@ -6,6 +6,7 @@ import json
 import polars as pl
 import pytest
 
+from tao_dagster.context_window import WindowCheck
 from tao_dagster.domain import DomainSettings
 from tao_dagster.pipeline.candidates import PRODUCTION, generate_candidates, production_candidates
 from tao_dagster.pipeline.heldout import answer_rewards, pointwise_scorers
@@ -27,16 +28,23 @@ QUERIES = [line for line in (BANKING / "logs" / "2026-11-02.csv").read_text().sp
 REPLIES = ['{"topic": "card"}' if i % 2 else "Please contact support." for i in range(len(QUERIES))]
 
 
+@pytest.fixture(scope="module")
+def tokenizer(embedded_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedded_model_dir)
+
+
 def write_gateway_log(path, count: int = len(QUERIES)) -> None:
     conversations = [[{"role": "user", "content": q}] for q in QUERIES[:count]]
     path.write_text(jsonl(gateway_log(conversations, replies=REPLIES[:count])))
 
 
-def test_a_reply_is_stored_with_its_call_and_becomes_a_scored_candidate_no_round_trains_on(tmp_path, learnable_domain_file):
+def test_a_reply_is_stored_with_its_call_and_becomes_a_scored_candidate_no_round_trains_on(tokenizer, tmp_path, learnable_domain_file):
     db = Warehouse(tmp_path / "wh.duckdb")
     domain = DomainSettings(domain_file=str(learnable_domain_file), heldout_fraction=0.0)
     write_gateway_log(tmp_path / "gateway.jsonl", 6)
-    counts = ingest_partition(db, "gateway.jsonl", tmp_path / "gateway.jsonl", domain)
+    counts = ingest_partition(db, "gateway.jsonl", tmp_path / "gateway.jsonl", domain, WindowCheck(domain.load(), tokenizer, 1024))
     assert (counts["log_format"], counts["accepted"], counts["with_reply"]) == ("chat_completions", 6, 6)
     sources = db.query("select request_id, requested_at, model, reply from prompt_sources order by line").rows()
     assert sources[1] == ("req-1", STARTED.replace(second=1), "gpt-4o-mini-2024-07-18", '{"topic": "card"}')
@@ -69,19 +77,19 @@ def test_a_reply_is_stored_with_its_call_and_becomes_a_scored_candidate_no_round
     edited = [json.loads(line) for line in (tmp_path / "gateway.jsonl").read_text().splitlines()]
     edited[0]["response"]["choices"][0]["message"]["content"] = "A new answer."
     (tmp_path / "gateway.jsonl").write_text(jsonl(edited))
-    ingest_partition(db, "gateway.jsonl", tmp_path / "gateway.jsonl", domain)
+    ingest_partition(db, "gateway.jsonl", tmp_path / "gateway.jsonl", domain, WindowCheck(domain.load(), tokenizer, 1024))
     production_candidates(db, ["gateway.jsonl"])
     replies = db.query("select response from candidates where strategy = 'production' order by response")["response"].to_list()
     assert len(replies) == 6 and "A new answer." in replies and "Please contact support." in replies
 
 
-def test_the_tuned_model_is_compared_with_production_where_a_reply_was_logged(tmp_path, learnable_domain_file):
+def test_the_tuned_model_is_compared_with_production_where_a_reply_was_logged(tokenizer, tmp_path, learnable_domain_file):
     db = Warehouse(tmp_path / "wh.duckdb")
     domain = DomainSettings(domain_file=str(learnable_domain_file), heldout_fraction=1.0)
     write_gateway_log(tmp_path / "gateway.jsonl", 6)
     (tmp_path / "plain.jsonl").write_text(jsonl([{"prompt": q} for q in QUERIES[6:10]]))  # no replies logged
-    ingest_partition(db, "gateway.jsonl", tmp_path / "gateway.jsonl", domain)
-    ingest_partition(db, "plain.jsonl", tmp_path / "plain.jsonl", domain)
+    ingest_partition(db, "gateway.jsonl", tmp_path / "gateway.jsonl", domain, WindowCheck(domain.load(), tokenizer, 1024))
+    ingest_partition(db, "plain.jsonl", tmp_path / "plain.jsonl", domain, WindowCheck(domain.load(), tokenizer, 1024))
     logged = db.production_replies(db.heldout_prompts()["prompt_id"].to_list())["prompt_id"].to_list()
     # The tuned model answers in the domain's JSON where production has a reply, in prose elsewhere.
     answered = db.heldout_prompts().sort("prompt_id").select("prompt_id", "text", completion_tokens=pl.lit(5))
@@ -97,7 +105,7 @@ def test_the_tuned_model_is_compared_with_production_where_a_reply_was_logged(tm
 
 
 @pytest.mark.slow
-def test_a_round_on_a_gateway_log_with_tools(tmp_path, monkeypatch, tiny_model_dir, learnable_domain_file):
+def test_a_round_on_a_gateway_log_with_tools(tokenizer, tmp_path, monkeypatch, tiny_model_dir, learnable_domain_file):
     """Ingest, generate, score, train and report on a chat-completions log whose calls offered a tool and whose
     conversations hold a tool turn: the tools reach the chat template and TRL, production's replies are candidates,
     the pairs are the policy's own, and the report compares the tuned model with production."""
@@ -117,7 +125,7 @@ def test_a_round_on_a_gateway_log_with_tools(tmp_path, monkeypatch, tiny_model_d
     ]
     (tmp_path / "gateway.jsonl").write_text(jsonl(gateway_log(conversations, tools=TOOLS, replies=REPLIES)))
 
-    ingest_partition(db, "gateway.jsonl", tmp_path / "gateway.jsonl", domain)
+    ingest_partition(db, "gateway.jsonl", tmp_path / "gateway.jsonl", domain, WindowCheck(domain.load(), tokenizer, 1024))
     summary = generate_candidates(db, domain, policy, current_policy(db, policy, tracking), ["gateway.jsonl"])
     assert summary["production_candidates"] == db.training_prompts(["gateway.jsonl"]).height > 0
     score_partitions(db, domain, ["gateway.jsonl"])
