@@ -88,7 +88,7 @@ def test_every_algorithm_trains_gates_and_reports(tmp_path, monkeypatch, tiny_mo
     write_banking_log(tmp_path / "day1.csv", 0, 24)
     db = Warehouse(tmp_path / "home" / "warehouse.duckdb")
     policy = PolicySettings(base_model=str(tiny_model_dir), cache_dir=str(tmp_path / "cache"), engine="transformers")
-    tracking = Tracking(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    tracking = Tracking(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}", registered_model="tao-banking")
     small = dict(batch_size=4, min_margin=0.0, min_chosen_z=0.0, max_pairs=0, min_steps=0, sft_epochs=1)
     settings = TrainSettings(algorithm=algorithm, grpo_steps=2, grpo_max_completion_length=8, **small)
 

@@ -113,7 +113,7 @@ def test_a_round_on_a_gateway_log_with_tools(tokenizer, tmp_path, monkeypatch, t
     db = Warehouse(tmp_path / "home" / "warehouse.duckdb")
     domain = DomainSettings(domain_file=str(learnable_domain_file))
     policy = PolicySettings(base_model=str(tiny_model_dir), cache_dir=str(tmp_path / "cache"), engine="transformers")
-    tracking = Tracking(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    tracking = Tracking(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}", registered_model="tao-banking")
     call = {"id": "call_1", "type": "function", "function": {"name": "card_status", "arguments": "{}"}}
     conversations = [
         [

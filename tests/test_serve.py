@@ -149,18 +149,18 @@ def serving(client: openai.OpenAI, checkpoint_id: str):
     return card if card.checkpoint_id == checkpoint_id else None
 
 
-def register_checkpoint(home, model_dir, checkpoint_id: str) -> str:
-    """Record `model_dir` as a trained checkpoint as a round does (MLflow run and registered version, warehouse
-    row) and promote it; returns its model version."""
+def register_checkpoint(home, domain_file, model_dir, checkpoint_id: str) -> str:
+    """Record `model_dir` as a trained checkpoint of the domain as a round does (MLflow run and registered version
+    under the domain's model name, warehouse row) and promote it; returns its model version."""
     import mlflow
     import polars as pl
 
     from tao_dagster.warehouse import Warehouse
 
-    settings = core_settings(home)
+    settings = core_settings(home, {"domain": {"domain_file": str(domain_file)}})
     with settings.tracking.start_run(run_name=f"dpo-{checkpoint_id}") as run:
         mlflow.log_artifacts(str(model_dir), artifact_path="model")
-        version = settings.tracking.register(run)
+        version, _ = settings.tracking.register(run, checkpoint_id)
     row = {"checkpoint_id": checkpoint_id, "parent": "base", "algorithm": "dpo", "config": "{}", "data_hash": "", "path": str(model_dir)}
     row |= {"mlflow_run_id": run.info.run_id, "model_version": str(version), "metrics": "{}"}
     Warehouse(settings.warehouse_path).upsert("checkpoints", pl.DataFrame([row]))
@@ -194,7 +194,7 @@ def test_a_promoted_checkpoint_takes_over_without_a_failed_request(
         for sender in senders:
             sender.start()
         try:
-            version = register_checkpoint(home, checkpoint, "ckpt-switch")
+            version = register_checkpoint(home, learnable_domain_file, checkpoint, "ckpt-switch")
             card = wait_for("the new champion", lambda: serving(client, "ckpt-switch"), 600, server)
             switched = time.monotonic()
             wait_for("the old backend to stop", lambda: not any(p.is_running() for p in old_backend), 120, server)
