@@ -196,7 +196,7 @@ def test_killed_warehouse_transaction_leaves_none_of_its_rows(tmp_path, kill_at,
     lands) or after it, with the commit to come."""
     path = tmp_path / "warehouse.duckdb"
     with worker(tmp_path, "write", path, 1000, 400_000, kill_at) as (proc, log):
-        wait_for(lambda: mark in log.read_text(), proc, log)
+        wait_for(lambda: f"\n{mark} " in "\n" + log.read_text().rpartition("\n")[0], proc, log)  # a whole line
         kill(proc)
     stages = [line.rsplit(" ", 1)[0] for line in log.read_text().splitlines() if line.startswith(("committed", "inserting", "inserted"))]
     assert stages == (["committed", "inserting batch 1", "inserting batch 2"] if kill_at == "inserting" else ["committed", "inserted"])

@@ -107,7 +107,7 @@ def write(path: str, committed_rows: str, killed_rows: str, kill_at: str) -> Non
     show how far the uncommitted rows had reached."""
     db = Warehouse(path)
     db.upsert("candidates", frame("committed", int(committed_rows)))
-    print("committed", Path(path).stat().st_size, flush=True)
+    print(f"committed {Path(path).stat().st_size}", flush=True)
     rows = frame("killed", int(killed_rows)).to_arrow()
     with db.transaction() as con:
         if kill_at == "inserting":
@@ -115,7 +115,7 @@ def write(path: str, committed_rows: str, killed_rows: str, kill_at: str) -> Non
             def batches():
                 for n, batch in enumerate(rows.to_batches(max_chunksize=len(rows) // 8), start=1):
                     yield batch
-                    print(f"inserting batch {n}", Path(path).stat().st_size, flush=True)
+                    print(f"inserting batch {n} {Path(path).stat().st_size}", flush=True)
                     if n == 2:
                         signal.pause()  # inside the statement: DuckDB asks this stream for the next batch
 
@@ -123,7 +123,7 @@ def write(path: str, committed_rows: str, killed_rows: str, kill_at: str) -> Non
             con.execute("insert into candidates by name select * from incoming")
         else:
             db.insert(con, "candidates", pl.from_arrow(rows))
-            print("inserted", Path(path).stat().st_size, flush=True)
+            print(f"inserted {Path(path).stat().st_size}", flush=True)
             signal.pause()  # the transaction stays open until the test kills this process
 
 
