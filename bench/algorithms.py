@@ -1,6 +1,8 @@
 """The optimisation step compared: each training algorithm from the same first round, on each demo domain.
 
-For each domain, one project home ingests the domain's shipped logs and generates and scores the base model's
+Every algorithm gets the same training time per round (--budget, TrainSettings.max_train_seconds): GRPO spends
+it sampling and learning, the offline algorithms learning from the shared candidates, whose generation time the
+first round reports once. For each domain, one project home ingests the domain's shipped logs and generates and scores the base model's
 candidates once. Each algorithm then starts from a copy of that home, so all train on the very same candidates:
 tune, gate (on the held-out gate half) and report (on the test half, which no decision reads). Later rounds
 (--rounds 3) continue in the algorithm's own home as the flywheel would: the current policy (the champion if the
@@ -12,7 +14,7 @@ distillation ratio, the largest share of one answer value, tokens per answer, tr
 and the peak memory of the process tree during the round. Prints a table; JSON in bench/results/algorithms.json.
 
     .venv/bin/python bench/algorithms.py                                   # both demos, sft dpo sft+dpo grpo, 1 round
-    .venv/bin/python bench/algorithms.py --domains banking --algorithms sft dpo --rounds 3
+    .venv/bin/python bench/algorithms.py --domains banking --algorithms sft dpo --rounds 3 --budget 600
 """
 
 import argparse
@@ -74,8 +76,9 @@ def first_round_data(home: Path, domain: str) -> dict:
     }
 
 
-def one_round(home: Path, domain: str, algorithm: str, keys: list[str], number: int) -> dict:
-    """Tune with `algorithm`, gate and report in `home`; a later round first generates and scores its candidates."""
+def one_round(home: Path, domain: str, settings, keys: list[str], number: int) -> dict:
+    """Tune with `settings` (TrainSettings), gate and report in `home`; a later round first generates and scores its
+    candidates."""
     from tao_dagster.pipeline.candidates import generate_candidates
     from tao_dagster.pipeline.promotion import decide_promotion
     from tao_dagster.pipeline.report import evaluate
@@ -83,7 +86,6 @@ def one_round(home: Path, domain: str, algorithm: str, keys: list[str], number: 
     from tao_dagster.pipeline.tuning import tune
     from tao_dagster.policies import current_policy
     from tao_dagster.storage import ArtifactStore
-    from tao_dagster.training import TrainSettings
     from tao_dagster.warehouse import Warehouse
 
     s = settings_for(home, domain)
@@ -92,14 +94,14 @@ def one_round(home: Path, domain: str, algorithm: str, keys: list[str], number: 
     if number > 1:
         generate_candidates(db, s.domain, s.policy, current_policy(db, s.policy, s.tracking), keys)
         score_partitions(db, s.domain, keys)
-    tuned, summary = tune(db, s.domain, s.policy, s.tracking, ArtifactStore(), TrainSettings(algorithm=algorithm))
+    tuned, summary = tune(db, s.domain, s.policy, s.tracking, ArtifactStore(), settings)
     promoted, _ = decide_promotion(db, s.domain, s.policy, s.tracking, tuned)
     report, _, _ = evaluate(db, s.domain, s.policy, s.tracking, ArtifactStore(), tuned)
     check = report.get("outside_check", {})
     shares = report["answer_distribution"].get("tuned", {})
     return {
         "domain": domain,
-        "algorithm": algorithm,
+        "algorithm": settings.algorithm,
         "round": number,
         "promoted": promoted,
         "targets": summary["targets"],
@@ -123,17 +125,23 @@ def one_round(home: Path, domain: str, algorithm: str, keys: list[str], number: 
 
 
 def main() -> None:
+    from tao_dagster.training import TrainSettings
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--domains", nargs="+", default=["banking", "hwu64"])
     parser.add_argument("--algorithms", nargs="+", default=ALGORITHMS, choices=ALGORITHMS)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--budget", type=float, default=300, help="training seconds per round, the same for every algorithm (0: none)")
+    parser.add_argument("--grpo-steps", type=int, default=10_000, help="GRPO's steps: by default as many as the budget allows")
     parser.add_argument("--home", help="folder for the project homes (default: a new temporary one)")
     args = parser.parse_args()
 
     root, rows, data = project_home(args.home, "tao-bench-algorithms-"), [], {}
     for domain in args.domains:
         shared = project_home(str(root / domain / "first-round"), "")
-        data[domain] = first_round_data(shared, domain)
+        done = shared / "first-round.json"  # a rerun in the same --home starts from the same candidates
+        data[domain] = json.loads(done.read_text()) if done.is_file() else first_round_data(shared, domain)
+        done.write_text(json.dumps(data[domain]))
         for algorithm in args.algorithms:
             home = root / domain / algorithm.replace("+", "-")
             shutil.rmtree(home, ignore_errors=True)
@@ -141,13 +149,14 @@ def main() -> None:
             for number in range(1, args.rounds + 1):
                 sampler = MemorySampler()
                 sampler.start()
-                row = one_round(home, domain, algorithm, data[domain]["keys"], number)
+                settings = TrainSettings(algorithm=algorithm, max_train_seconds=args.budget, grpo_steps=args.grpo_steps)
+                row = one_round(home, domain, settings, data[domain]["keys"], number)
                 sampler.running = False
                 row["peak_gib"] = max(rss for _, rss in sampler.samples) / 2**30
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "report"}, default=str), flush=True)
     table = [{k: v for k, v in row.items() if k != "report"} for row in rows]
-    print_table(table, "algorithms: the same first-round candidates, test half of each domain")
+    print_table(table, f"algorithms: the same first-round candidates, {args.budget:.0f} s of training each, test half of each domain")
     write_result(f"algorithms{result_suffix()}", {"first_round": data, "rows": rows})
 
 

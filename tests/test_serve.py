@@ -170,11 +170,6 @@ def register_checkpoint(home, domain_file, model_dir, checkpoint_id: str) -> str
 
 @pytest.mark.servers
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="known bug since the merge that named the registered model after the domain: the server does not take over the "
-    "promoted checkpoint within 600 s (issue 14 stays open until this passes)",
-    strict=False,
-)
 def test_a_promoted_checkpoint_takes_over_without_a_failed_request(
     tmp_path, embedded_model_dir, tiny_vllm_model_dir, learnable_domain_file
 ):

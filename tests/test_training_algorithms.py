@@ -88,3 +88,16 @@ def test_sft_then_dpo_is_one_checkpoint_and_a_rerun_keeps_the_warm_start(tiny_mo
     warm = json.loads((tmp_path / "work" / "sft-metrics.json").read_text())
     again = train(str(tiny_model_dir), RECORDS, settings, tmp_path / "ckpt-again", tmp_path / "work")
     assert again["stages"]["sft"]["train_seconds"] == warm["train_seconds"], "the SFT stage was trained again"
+
+
+def test_a_time_budget_stops_each_stage_after_the_step_that_spends_it(tiny_model_dir, tmp_path):
+    """sft+dpo scheduled for 4 SFT and 2 DPO steps, with a budget the first step of each spends: one step each, and
+    the tokens counted are those of the steps taken."""
+    settings = TrainSettings(algorithm="sft+dpo", batch_size=2, min_steps=0, sft_epochs=2, max_train_seconds=1e-3)
+    metrics = train(str(tiny_model_dir), RECORDS, settings, tmp_path / "ckpt", tmp_path / "work")
+    assert {stage: m["steps"] for stage, m in metrics["stages"].items()} == {"sft": 1, "dpo": 1}
+    unlimited = train(
+        str(tiny_model_dir), RECORDS, settings.model_copy(update={"max_train_seconds": 0}), tmp_path / "ckpt2", tmp_path / "work2"
+    )
+    assert {stage: m["steps"] for stage, m in unlimited["stages"].items()} == {"sft": 4, "dpo": 2}
+    assert metrics["stages"]["sft"]["train_tokens"] == unlimited["stages"]["sft"]["train_tokens"] // 4

@@ -25,7 +25,7 @@ from tao_dagster.hardware import Precision
 from tao_dagster.training.fast_forward import add_lora_in_fp32
 from tao_dagster.training.resume import last_saved_checkpoint
 from tao_dagster.training.settings import TrainSettings
-from tao_dagster.training.trainer import gpu_bf16, lora_config, save_merged, trainer_args
+from tao_dagster.training.trainer import TimeBudget, gpu_bf16, lora_config, save_merged, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ def grpo_process(
         train_dataset=prompts,
         processing_class=tokenizer,
         peft_config=lora_config(settings),
+        callbacks=[TimeBudget(settings.max_train_seconds, start)],
     )
     if precision.bf16 and not gpu_bf16(precision):
         add_lora_in_fp32(trainer.model)

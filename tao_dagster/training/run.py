@@ -33,19 +33,25 @@ def train(
     and save a standalone model to `out_dir`.
 
     sft+dpo saves the merged SFT model under `work_dir` and runs DPO from it, so DPO's reference is the SFT model
-    (what DPO should stay near) and a run killed during DPO does not repeat SFT. Returns the last stage's metrics,
+    (what DPO should stay near) and a run killed during DPO does not repeat SFT. A time budget (max_train_seconds) is
+    shared out: each stage gets an equal part of what the earlier ones left, and trains at least one step. Returns the last stage's metrics,
     with steps, seconds and tokens summed over the stages and each stage's own under `stages`.
     """
     precision = precision or compute_precision()
     stages, model, metrics = STAGES[settings.algorithm], model_path, {}
     for i, stage in enumerate(stages):
+        spent = sum(m["train_seconds"] for m in metrics.values())
+        budget = settings.max_train_seconds and max(1e-3, (settings.max_train_seconds - spent) / (len(stages) - i))
+        stage_settings = settings.model_copy(update={"max_train_seconds": budget})
         last = i == len(stages) - 1
         target = out_dir if last else work_dir / f"{stage}-model"
         done = work_dir / f"{stage}-metrics.json"
         if not last and done.is_file() and (target / "config.json").is_file():
             metrics[stage] = json.loads(done.read_text())
         else:
-            metrics[stage] = train_stage(stage, model, records[stage], settings, target, work_dir / stage, processes, precision, reward)
+            metrics[stage] = train_stage(
+                stage, model, records[stage], stage_settings, target, work_dir / stage, processes, precision, reward
+            )
             done.write_text(json.dumps(metrics[stage]))
         model = str(target)
     return summed(metrics, {stage: len(records[stage]) for stage in stages})

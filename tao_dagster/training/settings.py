@@ -59,6 +59,12 @@ class TrainSettings(BaseModel):
     save_steps: int = Field(
         5, ge=1, description="Save a resumable Trainer checkpoint every this many steps: a killed round resumes from the last one."
     )
+    max_train_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="Stop training after the step that ends this many seconds in (0: no limit); sft+dpo gives SFT half, "
+        "DPO the rest. Equal budgets compare algorithms at equal compute; the checkpoint then depends on the machine's speed.",
+    )
     seed: int = 0
     # grpo: online. Each step samples grpo_generations completions of grpo_prompts_per_step prompts from the policy
     # and rewards them with the domain's scorers; learning_rate, lora_r, lora_alpha, gradient_checkpointing,

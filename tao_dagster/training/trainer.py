@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset, load_from_disk
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from tao_dagster.hardware import Precision
@@ -50,6 +50,27 @@ def trainer_args(settings: TrainSettings, precision: Precision, work_dir: Path) 
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
     )
+
+
+class TimeBudget(TrainerCallback):
+    """Stop training after the step that ends `seconds` after `start` (0: never), so algorithms can be compared, or
+    a round held to a deadline, at equal compute. A data-parallel launch stops every process at the same step: the
+    first process's clock decides. A resumed run's budget counts from its own start."""
+
+    def __init__(self, seconds: float, start: float):
+        self.seconds, self.start = seconds, start
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.seconds:
+            return control
+        over = torch.tensor([float(time.perf_counter() - self.start >= self.seconds)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            over = over.to("cuda" if torch.cuda.is_available() else "cpu")
+            torch.distributed.broadcast(over, src=0)
+        if over.item():
+            log.info("stopping at step %d of %d: the %.0f s training budget is spent", state.global_step, state.max_steps, self.seconds)
+            control.should_training_stop = True
+        return control
 
 
 def dpo_config(settings: TrainSettings, precision: Precision, work_dir: Path, pairs: int) -> DPOConfig:
@@ -150,7 +171,8 @@ def training_metrics(
     history = [h for h in trainer.state.log_history if "loss" in h]
     last = history[-1] if history else {}
     batch_size, epochs = settings.schedule(examples, stage)
-    tokens = epochs * trained_tokens(stage, trainer.train_dataset)
+    done = trainer.state.global_step / trainer.state.max_steps if trainer.state.max_steps else 1.0  # < 1 if a budget stopped it
+    tokens = done * epochs * trained_tokens(stage, trainer.train_dataset)
     loss_curve = [float(h["loss"]) for h in history]
     return {
         "train_loss": sum(loss_curve) / len(loss_curve) if loss_curve else float("nan"),
@@ -161,7 +183,7 @@ def training_metrics(
         "resumed_from_step": int(resume.name.removeprefix("checkpoint-")) if resume else 0,
         "examples": examples,
         "batch_size": batch_size,  # as scheduled for this many records
-        "epochs": epochs,
+        "epochs": epochs,  # as scheduled; a time budget may have stopped it sooner
         "train_seconds": seconds,  # the reference pass included
         "train_tokens": int(tokens),  # times the epochs
         "tokens_per_second": tokens / seconds,
@@ -192,6 +214,7 @@ def train_process(
         processing_class=tokenizer,
         peft_config=lora_config(settings),
         precision=precision,
+        callbacks=[TimeBudget(settings.max_train_seconds, start)],
         **adapt,
     )
     resume = last_saved_checkpoint(work_dir)
