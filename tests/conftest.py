@@ -1,6 +1,7 @@
 """Shared fixtures: the embedded model converted once per machine, and a tiny random model built
 from a config with the embedded tokenizer, for tests where the model's quality does not matter."""
 
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -23,27 +24,39 @@ MODEL_CACHE = PROJECT_ROOT / ".tao_home" / "cache"
 BANKING = PROJECT_ROOT / "assets" / "banking"
 
 
-def write_banking_log(path: Path, first: int, count: int) -> None:
-    """A CSV log of `count` real banking queries, starting at query `first` of the demo's first day."""
-    lines = (BANKING / "logs" / "2026-11-02.csv").read_text().splitlines()
+def write_demo_log(path: Path, first: int, count: int, demo: str = "banking") -> None:
+    """A CSV log of `count` real queries of a demo domain, starting at query `first` of the demo's first day."""
+    first_day = sorted((PROJECT_ROOT / "assets" / demo / "logs").glob("*.csv"))[0]
+    lines = first_day.read_text().splitlines()
     path.write_text("\n".join([lines[0], *lines[1 + first : 1 + first + count]]) + "\n")
+
+
+def learnable_domain(folder: Path, demo: str = "banking") -> Path:
+    """A demo domain cut down for the tiny model: two strategies (plain, and the answer's JSON opened), 8 tokens, and
+    one scorer that rewards answers opening the JSON object, which a tiny model can learn in a few steps."""
+    spec = yaml.safe_load((PROJECT_ROOT / "assets" / demo / "domain.yaml").read_text())
+    field = next(iter(spec["scorers"][0]["fields"]))  # the demo's answer field: topic, scenario
+    opening = f'{{"{field}": "'
+    spec["max_tokens"] = 8
+    spec["strategies"] = [
+        {"name": "plain", "temperature": 0.7, "samples": 1},
+        {"name": "json_prefix", "response_prefix": opening, "temperature": 0.8, "samples": 2},
+    ]
+    spec["scorers"] = [{"name": "starts_json", "kind": "regex", "pattern": "^" + re.escape(opening)}]
+    spec["evaluation"] = {}
+    # A gold set, as a user who judged a few answers would give it: calibration only reports on it.
+    answer = (opening + 'card"}').replace('"', '""')
+    (folder / "gold.csv").write_text(f'prompt,response,score\nWhere is my card?,"{answer}",1\nWhere is my card?,hello,0\n')
+    spec["calibration"] = {"gold": "gold.csv"}
+    path = folder / "domain.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
 
 
 @pytest.fixture
 def learnable_domain_file(tmp_path) -> Path:
-    """The banking domain cut down for the tiny model: two strategies, 8 tokens, and one scorer that rewards
-    answers opening the JSON object, which a tiny model can learn in a few steps."""
-    spec = yaml.safe_load((BANKING / "domain.yaml").read_text())
-    spec["max_tokens"] = 8
-    spec["strategies"] = [s for s in spec["strategies"] if s["name"] in ("plain", "json_prefix")]
-    spec["scorers"] = [{"name": "starts_json", "kind": "regex", "pattern": r'^\{"topic": "'}]
-    spec["evaluation"] = {}
-    # A gold set, as a user who judged a few answers would give it: calibration only reports on it.
-    (tmp_path / "gold.csv").write_text('prompt,response,score\nWhere is my card?,"{""topic"": ""card""}",1\nWhere is my card?,hello,0\n')
-    spec["calibration"] = {"gold": "gold.csv"}
-    path = tmp_path / "domain.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    """The banking demo as `learnable_domain` cuts it down."""
+    return learnable_domain(tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -10,15 +10,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import write_banking_log
+from .conftest import write_demo_log
 
 
 @pytest.mark.slow
 def test_demo_runs_two_rounds_and_a_rerun_has_nothing_to_do(tmp_path, tiny_model_dir, learnable_domain_file):
     incoming = tmp_path / "incoming"
     incoming.mkdir()
-    write_banking_log(incoming / "day1.csv", 0, 30)
-    write_banking_log(incoming / "day2.csv", 30, 30)
+    write_demo_log(incoming / "day1.csv", 0, 30)
+    write_demo_log(incoming / "day2.csv", 30, 30)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env |= {
         "TAO_HOME": str(tmp_path / "home"),
@@ -49,7 +49,7 @@ def test_one_ctrl_c_stops_the_demo_at_once_without_retries(tmp_path, embedded_mo
     with 130, no step is retried, and no process of its session (an engine, a log tailer) is left behind."""
     incoming = tmp_path / "incoming"
     incoming.mkdir()
-    write_banking_log(incoming / "day1.csv", 0, 100)
+    write_demo_log(incoming / "day1.csv", 0, 100)
     home = tmp_path / "home"
     (home / "cache").mkdir(parents=True)
     (home / "cache" / "models").symlink_to(embedded_model_dir.parent)  # the embedded model, converted once per machine

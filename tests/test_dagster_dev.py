@@ -8,7 +8,7 @@ import pytest
 
 from tao_dagster.defs.partitions import log_files
 
-from .conftest import write_banking_log
+from .conftest import write_demo_log
 from .support.devserver import dagster_dev, graphql, wait_for
 
 LAUNCH_BACKFILL = """
@@ -28,8 +28,8 @@ def dev_server(tmp_path, tiny_model_dir, learnable_domain_file):
     """`tao-dagster dev` with a fresh project home, the tiny model and two log files in the watched folder."""
     logs = tmp_path / "logs"
     logs.mkdir()
-    write_banking_log(logs / "day1.csv", 0, 10)
-    write_banking_log(logs / "day2.csv", 10, 10)
+    write_demo_log(logs / "day1.csv", 0, 10)
+    write_demo_log(logs / "day2.csv", 10, 10)
     env = {
         "TAO_HOME": str(tmp_path / "home"),
         "DAGSTER_HOME": str(tmp_path / "home" / "dagster"),

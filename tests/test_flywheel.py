@@ -12,7 +12,7 @@ from tao_dagster.defs.report.assets import eval_report
 from tao_dagster.defs.resources import MlflowResource
 from tao_dagster.policies import champion_policy
 
-from .conftest import gate_of, run_round, sensor_tick, tiny_resources, write_banking_log
+from .conftest import gate_of, run_round, sensor_tick, tiny_resources, write_demo_log
 
 PLANTED_SECRETS = {
     "AWS_ACCESS_KEY_ID": "AKIAPLANTED7Q2X9Z",
@@ -45,7 +45,7 @@ def test_two_rounds_build_on_the_champion_and_the_gate_refuses_a_worse_checkpoin
     logs = resources["logs"]
     db = resources["warehouse"].get()
     with dg.instance_for_test() as instance:
-        write_banking_log(tmp_path / "logs" / "day1.csv", 0, 30)
+        write_demo_log(tmp_path / "logs" / "day1.csv", 0, 30)
         first = sensor_tick(instance, logs, None)
         assert [r.partition_key for r in first.run_requests] == ["day1.csv"]
         assert dg.materialize(prompt_assets, instance=instance, resources=resources, partition_key="day1.csv").success
@@ -75,7 +75,7 @@ def test_two_rounds_build_on_the_champion_and_the_gate_refuses_a_worse_checkpoin
         assert isinstance(round_trigger(instance, resources), dg.SkipReason)
 
         # Day 2 arrives: only its prompts get candidates, from the champion.
-        write_banking_log(tmp_path / "logs" / "day2.csv", 30, 30)
+        write_demo_log(tmp_path / "logs" / "day2.csv", 30, 30)
         second = sensor_tick(instance, logs, first.cursor)
         assert [r.partition_key for r in second.run_requests] == ["day2.csv"]
         before = db.query("select count(*) as n from candidates")["n"][0]

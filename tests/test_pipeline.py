@@ -12,13 +12,13 @@ from tao_dagster.tracking import Tracking
 from tao_dagster.training import TrainSettings
 from tao_dagster.warehouse import Warehouse
 
-from .conftest import BANKING, write_banking_log
+from .conftest import BANKING, learnable_domain, write_demo_log
 
 
 @pytest.mark.slow
 def test_a_round_runs_from_plain_python(tmp_path, monkeypatch, tiny_model_dir, learnable_domain_file):
     monkeypatch.setenv("TAO_HOME", str(tmp_path / "home"))
-    write_banking_log(tmp_path / "day1.csv", 0, 40)
+    write_demo_log(tmp_path / "day1.csv", 0, 40)
     db = Warehouse(tmp_path / "home" / "warehouse.duckdb")
     domain = DomainSettings(domain_file=str(learnable_domain_file))
     policy = PolicySettings(base_model=str(tiny_model_dir), cache_dir=str(tmp_path / "cache"), engine="transformers")
@@ -58,7 +58,7 @@ def test_labels_reach_evaluation_alone(tmp_path, monkeypatch, tiny_model_dir, le
     }
     labelled_file = tmp_path / "labelled.yaml"
     labelled_file.write_text(yaml.safe_dump(labelled))
-    write_banking_log(tmp_path / "day1.csv", 0, 40)
+    write_demo_log(tmp_path / "day1.csv", 0, 40)
     # One precision for both runs: each home would probe bf16 anew, and a probe on a loaded machine may choose otherwise.
     monkeypatch.setenv("TAO_DTYPE", "float32")
     stored = []
@@ -80,15 +80,17 @@ def test_labels_reach_evaluation_alone(tmp_path, monkeypatch, tiny_model_dir, le
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("demo", ["banking", "hwu64"])
 @pytest.mark.parametrize("algorithm", ["sft", "dpo", "sft+dpo", "grpo"])
-def test_every_algorithm_trains_gates_and_reports(tmp_path, monkeypatch, tiny_model_dir, learnable_domain_file, algorithm):
-    """Each algorithm, at tiny sizes, through the same round: its checkpoint is recorded with its algorithm and
-    data, and the gate decides on it (the report follows a promotion)."""
+def test_every_algorithm_trains_gates_and_reports(tmp_path, monkeypatch, tiny_model_dir, algorithm, demo):
+    """Each algorithm, at tiny sizes, through the same round on each demo domain: its checkpoint is recorded with its
+    algorithm and data, and the gate decides on it (the report follows a promotion)."""
     monkeypatch.setenv("TAO_HOME", str(tmp_path / "home"))
-    write_banking_log(tmp_path / "day1.csv", 0, 24)
+    learnable_domain_file = learnable_domain(tmp_path, demo)
+    write_demo_log(tmp_path / "day1.csv", 0, 24, demo)
     db = Warehouse(tmp_path / "home" / "warehouse.duckdb")
     policy = PolicySettings(base_model=str(tiny_model_dir), cache_dir=str(tmp_path / "cache"), engine="transformers")
-    tracking = Tracking(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}", registered_model="tao-banking")
+    tracking = Tracking(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}", registered_model=f"tao-{demo}")
     small = dict(batch_size=4, min_margin=0.0, min_chosen_z=0.0, max_pairs=0, min_steps=0, sft_epochs=1)
     settings = TrainSettings(algorithm=algorithm, grpo_steps=2, grpo_max_completion_length=8, **small)
 

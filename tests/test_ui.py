@@ -13,7 +13,7 @@ from tao_dagster.defs.flywheel.jobs import prompt_assets
 from tao_dagster.defs.partitions import log_files
 from tao_dagster.defs.resources import ArtifactStoreResource
 
-from .conftest import run_round, tiny_resources, write_banking_log
+from .conftest import run_round, tiny_resources, write_demo_log
 from .support.devserver import dagster_dev
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -39,7 +39,7 @@ def demo_home(tmp_path, tiny_model_dir, learnable_domain_file, s3_endpoint, monk
     checkpoint and report published to S3; returns the environment `tao-dagster dev` needs to show it."""
     home, logs = tmp_path / "home", tmp_path / "logs"
     logs.mkdir()
-    write_banking_log(logs / "day1.csv", 0, 20)
+    write_demo_log(logs / "day1.csv", 0, 20)
     monkeypatch.setenv("TAO_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     use_project_instance()
