@@ -1,6 +1,7 @@
 """The whole graph with the real embedded model (vLLM where installed), at tiny sizes."""
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -103,9 +104,9 @@ def test_all_five_assets_materialize_with_the_real_model(tiny_demo, tmp_path):
         assert result.success
         assert not engine_processes()
         ckpt = result.asset_materializations_for_node("tuned_checkpoint")[0].metadata
-        assert (
-            ckpt["steps"].value == 2 and (tmp_path / "home" / "checkpoints" / ckpt["checkpoint_id"].value / "model.safetensors").is_file()
-        )
+        sft_steps = 2 * math.ceil(ckpt["targets"].value / 4)  # the default sft+dpo: 2 SFT epochs at 4 a step, then 8 pairs
+        assert ckpt["algorithm"].value == "sft+dpo" and ckpt["steps"].value == sft_steps + 2
+        assert (tmp_path / "home" / "checkpoints" / ckpt["checkpoint_id"].value / "model.safetensors").is_file()
 
         assert ckpt["precision"].value == "float32"
         saved = json.loads((tmp_path / "home" / "checkpoints" / ckpt["checkpoint_id"].value / "config.json").read_text())

@@ -80,7 +80,7 @@ def train_grpo_tiny(model_dir: str, out_dir: str, work_dir: str) -> None:
     train_grpo(model_dir, grpo_prompts(), domain_reward(build_scorers(GRPO_SCORERS)), GRPO_SETTINGS, Path(out_dir), Path(work_dir))
 
 
-# DPO settings of tuned_checkpoint for a handful of pairs of the tiny model.
+# Settings of tuned_checkpoint (its default algorithm) for a handful of prompts of the tiny model.
 TUNE_CONFIG = {"batch_size": 4, "epochs": 1, "min_chosen_reward": 0.0, "min_margin": 0.0, "max_pairs": 0, "min_steps": 0}
 
 
