@@ -330,3 +330,39 @@ def test_the_records_dataset_keeps_each_prompt_as_it_was():
         {"prompt": [{"role": "user", "content": "c"}], **answers, "tools": None},
     ]
     assert records_dataset(records).to_list() == records
+
+
+def test_lora_sums_in_fp32_are_peft_s_in_fp32_and_keep_a_small_update_under_bf16_autocast(tiny_model_dir):
+    """add_lora_in_fp32 (every algorithm's LoRA layers on a CPU under bf16 autocast): without autocast the layer
+    computes what PEFT computes; under autocast an update far below bf16's resolution of the base output survives,
+    where PEFT's bf16 sum rounds it away."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tao_dagster.training.fast_forward import add_lora_in_fp32
+    from tao_dagster.training.trainer import lora_config
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), lora_config(TrainSettings()))
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(std=1e-4)  # early in training: a small update
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    x = torch.randn(4, layer.in_features)
+
+    def update(autocast: bool) -> torch.Tensor:
+        """What the adapter adds to the layer's output."""
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return layer(x).float() - layer.base_layer(x).float()
+
+    exact, peft_bf16 = update(False), update(True)
+    fp32_outputs = layer(x)
+    add_lora_in_fp32(model)
+    torch.testing.assert_close(layer(x), fp32_outputs, atol=0, rtol=0)
+
+    def error(u):
+        return float((u - exact).norm() / exact.norm())
+
+    ours = error(update(True))  # measured: 0.004, PEFT's 0.46
+    assert ours < 0.02 and error(peft_bf16) > 10 * ours, (ours, error(peft_bf16))
