@@ -11,7 +11,8 @@ gate promoted one) generates new candidates for the training prompts, which are 
 Per domain, algorithm and round: the test half's mean reward (base, tuned) and the CI of the difference, the
 outside check's accuracy (labels read by evaluation alone) beside the reward's own zero-shot choice, the
 distillation ratio, the largest share of one answer value, tokens per answer, training and round wall time,
-and the peak memory of the process tree during the round. Prints a table; JSON in bench/results/algorithms.json.
+and the peak memory of the process tree during the round. Prints a table; JSON in bench/results/algorithms.json
+(algorithms-3-rounds.json for --rounds 3).
 
     .venv/bin/python bench/algorithms.py                                   # both demos, sft dpo sft+dpo grpo, 1 round
     .venv/bin/python bench/algorithms.py --domains banking --algorithms sft dpo --rounds 3 --budget 600
@@ -157,7 +158,8 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in row.items() if k != "report"}, default=str), flush=True)
     table = [{k: v for k, v in row.items() if k != "report"} for row in rows]
     print_table(table, f"algorithms: the same first-round candidates, {args.budget:.0f} s of training each, test half of each domain")
-    write_result(f"algorithms{result_suffix()}", {"first_round": data, "rows": rows})
+    rounds = f"-{args.rounds}-rounds" if args.rounds > 1 else ""
+    write_result(f"algorithms{rounds}{result_suffix()}", {"first_round": data, "rows": rows})
 
 
 if __name__ == "__main__":
