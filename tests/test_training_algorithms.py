@@ -101,3 +101,21 @@ def test_a_time_budget_stops_each_stage_after_the_step_that_spends_it(tiny_model
     )
     assert {stage: m["steps"] for stage, m in unlimited["stages"].items()} == {"sft": 4, "dpo": 2}
     assert metrics["stages"]["sft"]["train_tokens"] == unlimited["stages"]["sft"]["train_tokens"] // 4
+
+
+@pytest.mark.parametrize(("algorithm", "missing"), [("sft", "targets"), ("dpo", "pairs"), ("sft+dpo", "pairs or targets")])
+def test_a_round_with_nothing_to_learn_names_what_its_algorithm_lacks(monkeypatch, algorithm, missing):
+    """Candidates that all score the same have no clear best: no SFT target and no pair."""
+    from types import SimpleNamespace
+
+    from tao_dagster.errors import StageError
+    from tao_dagster.pipeline import tuning
+
+    tied = pl.DataFrame(
+        {"prompt_id": ["a", "a"], "candidate_id": ["1", "2"], "response": ["x", "y"], "reward": [0.5, 0.5]}
+        | {"strategy": ["plain", "plain"], "policy_version": ["base:m", "base:m"]}
+    )
+    monkeypatch.setattr(tuning, "candidate_rewards", lambda db, scorers: tied)
+    spec, parent = SimpleNamespace(build_scorers=list), SimpleNamespace(version="base:m")
+    with pytest.raises(StageError, match=f"^no training {missing} among 1 prompts"):
+        tuning.training_data(None, spec, parent, TrainSettings(algorithm=algorithm))

@@ -51,9 +51,10 @@ def training_data(db: Warehouse, spec: Domain, parent: Policy, settings: TrainSe
     prompt_ids = sorted(rewards["prompt_id"].unique()) if "grpo" in uses else []
     if "grpo" in uses and not prompt_ids:
         raise StageError(f"no training prompts scored under {parent.version}: materialize candidate_responses and reward_scores first")
-    if ("sft" in uses and targets.height == 0) or ("dpo" in uses and pairs.height == 0):
+    missing = [name for name, stage, data in (("pairs", "dpo", pairs), ("targets", "sft", targets)) if stage in uses and data.height == 0]
+    if missing:
         raise StageError(
-            f"no training {'pairs' if pairs.height == 0 else 'targets'} among {rewards['prompt_id'].n_unique()} prompts scored "
+            f"no training {' or '.join(missing)} among {rewards['prompt_id'].n_unique()} prompts scored "
             f"under {parent.version} ({stale} candidates of other policies are not used): materialize candidate_responses "
             f"and reward_scores for new partitions, or lower min_margin ({settings.min_margin}), min_z_margin "
             f"({settings.min_z_margin}), min_chosen_z ({settings.min_chosen_z}) or min_chosen_reward ({settings.min_chosen_reward})"
