@@ -46,8 +46,8 @@ def training_data(db: Warehouse, spec: Domain, parent: Policy, settings: TrainSe
     # are not stale candidates, so not counted as such.
     stale = scored.filter(pl.col("strategy") != PRODUCTION).height - rewards.height
     uses = settings.algorithm.split("+")
-    targets, pairs = sft_targets(rewards, settings), build_pairs(rewards, settings)
-    targets, pairs = (targets if "sft" in uses else targets.clear()), (pairs if "dpo" in uses else pairs.clear())
+    targets = sft_targets(rewards if "sft" in uses else rewards.clear(), settings)  # empty, with its columns, where unused
+    pairs = build_pairs(rewards if "dpo" in uses else rewards.clear(), settings)
     prompt_ids = sorted(rewards["prompt_id"].unique()) if "grpo" in uses else []
     if "grpo" in uses and not prompt_ids:
         raise StageError(f"no training prompts scored under {parent.version}: materialize candidate_responses and reward_scores first")
