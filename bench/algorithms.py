@@ -8,7 +8,8 @@ tune, gate (on the held-out gate half) and report (on the test half, which no de
 (--rounds 3) continue in the algorithm's own home as the flywheel would: the current policy (the champion if the
 gate promoted one) generates new candidates for the training prompts, which are scored, trained on and judged.
 
-Per domain, algorithm and round: the test half's mean reward (base, tuned) and the CI of the difference, the
+Per domain, algorithm and round: the gate half's reward gain (tuned - base), which alone may choose between
+algorithms, then, to confirm and never to choose, the test half's mean reward (base, tuned) and the CI of the difference, the
 outside check's accuracy (labels read by evaluation alone) beside the reward's own zero-shot choice, the
 distillation ratio, the largest share of one answer value, tokens per answer, training and round wall time,
 and the peak memory of the process tree during the round. Prints a table; JSON in bench/results/algorithms.json
@@ -96,7 +97,7 @@ def one_round(home: Path, domain: str, settings, keys: list[str], number: int) -
         generate_candidates(db, s.domain, s.policy, current_policy(db, s.policy, s.tracking), keys)
         score_partitions(db, s.domain, keys)
     tuned, summary = tune(db, s.domain, s.policy, s.tracking, ArtifactStore(), settings)
-    promoted, _ = decide_promotion(db, s.domain, s.policy, s.tracking, tuned)
+    promoted, gate = decide_promotion(db, s.domain, s.policy, s.tracking, tuned)
     report, _, _ = evaluate(db, s.domain, s.policy, s.tracking, ArtifactStore(), tuned)
     check = report.get("outside_check", {})
     shares = report["answer_distribution"].get("tuned", {})
@@ -105,6 +106,7 @@ def one_round(home: Path, domain: str, settings, keys: list[str], number: int) -
         "algorithm": settings.algorithm,
         "round": number,
         "promoted": promoted,
+        "gate_diff": gate.get("diff_vs_base", float("nan")),  # tuned - base on the gate half: what a choice may read
         "targets": summary["targets"],
         "pairs": summary["pairs"],
         "steps": summary["steps"],

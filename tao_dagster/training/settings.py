@@ -15,8 +15,8 @@ class TrainSettings(BaseModel):
 
     algorithm: Algorithm = Field(
         "sft+dpo",
-        description="sft, dpo, sft+dpo (sft then dpo from it, one checkpoint) or grpo (online); sft+dpo gave the best "
-        "test reward, outside-check accuracy and distillation on both demos at equal training time (docs/results.md).",
+        description="sft, dpo, sft+dpo (sft then dpo from it, one checkpoint) or grpo (online); sft+dpo had the best "
+        "gate-half (validation) reward on both demos at equal training time, level with sft on banking (docs/results.md).",
     )
     beta: float = Field(0.1, description="DPO temperature: higher stays closer to the reference.")
     sft_weight: float = Field(1.0, description="Weight of an NLL term on the chosen answer (RPO); 0 for pure DPO.")
