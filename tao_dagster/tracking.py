@@ -77,7 +77,7 @@ class Tracking(BaseModel):
             return (Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
         return None
 
-    def start_run(self, run_name: str | None = None, run_id: str | None = None):
+    def start_run(self, run_name: str | None = None, run_id: str | None = None, tags: dict[str, str] | None = None):
         """Start a run, or resume `run_id` to add to it."""
         import mlflow
 
@@ -85,7 +85,17 @@ class Tracking(BaseModel):
         if mlflow.get_experiment_by_name(self.experiment) is None:
             mlflow.create_experiment(self.experiment, artifact_location=self.artifact_location or self.artifacts_beside_store())
         mlflow.set_experiment(self.experiment)
-        return mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
+        return mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=None if run_id else tags)
+
+    def checkpoint_run(self, checkpoint_id: str, run_name: str):
+        """Start the run of a checkpoint, or resume the one an attempt that failed (MLflow or S3 down longer than
+        their clients retry) or was killed started already: runs are tagged with their checkpoint_id, so a retried
+        step adds to its checkpoint's one run instead of leaving a second."""
+        client = self.client()
+        experiment = client.get_experiment_by_name(self.experiment)
+        tagged = f"tags.checkpoint_id = '{checkpoint_id}'"
+        found = client.search_runs([experiment.experiment_id], tagged, order_by=["attributes.start_time"]) if experiment else []
+        return self.start_run(run_name, found[0].info.run_id if found else None, {"checkpoint_id": checkpoint_id})
 
 
 def registered_model_name(domain_name: str) -> str:

@@ -127,12 +127,19 @@ def s3_endpoint(monkeypatch):
 
 
 @pytest.fixture
-def postgres(monkeypatch):
-    """A throwaway PostgreSQL cluster, its DAGSTER_PG_* variables set as deploy/dagster.prod.yaml reads them;
-    always stopped. Skipped where Debian's postgresql package is not installed (`make system` installs it)."""
+def postgres_cluster(monkeypatch):
+    """A throwaway PostgreSQL cluster (a PostgresServer, which a test may stop and start), its DAGSTER_PG_* variables
+    set as deploy/dagster.prod.yaml reads them; always stopped. Skipped where Debian's postgresql package is not
+    installed (`make system` installs it)."""
     if postgres_bin() is None:
         pytest.skip("PostgreSQL is not installed")
-    with postgres_server() as variables:
-        for var, value in variables.items():
+    with postgres_server() as server:
+        for var, value in server.variables.items():
             monkeypatch.setenv(var, value)
-        yield variables
+        yield server
+
+
+@pytest.fixture
+def postgres(postgres_cluster) -> dict[str, str]:
+    """The DAGSTER_PG_* variables of a throwaway PostgreSQL cluster (see postgres_cluster)."""
+    return postgres_cluster.variables

@@ -186,6 +186,9 @@ def test_a_round_killed_after_registering_its_checkpoint_keeps_one_model_version
     assert (version.version, version.tags["checkpoint_id"]) == (registered.version, checkpoint_id), "no second version"
     row = db.checkpoint(checkpoint_id)
     assert (row["model_version"], row["mlflow_run_id"]) == (str(registered.version), registered.run_id)
+    client = tracking.client()
+    (run,) = client.search_runs([client.get_experiment_by_name(tracking.experiment).experiment_id])
+    assert (run.info.run_id, run.info.status) == (registered.run_id, "FINISHED"), "the killed run was resumed, not left beside a second"
     tracking.promote(row["model_version"])
     assert champion_checkpoint(db, tracking) == checkpoint_id, "the champion alias leads back to the checkpoint"
 

@@ -28,7 +28,8 @@ def test_mlflow_server_keeps_runs_and_registered_models_with_artifacts_in_s3(s3_
     s3 = S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1").get_client()
     s3.create_bucket(Bucket="mlflow")
     model = checkpoint_folder(tmp_path / "ckpt-1")
-    with mlflow_server(s3_endpoint, "s3://mlflow/artifacts", tmp_path) as url:
+    with mlflow_server(s3_endpoint, "s3://mlflow/artifacts", tmp_path) as server:
+        url = server.url
         # The client needs no S3 credentials: artifacts go through the server.
         for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             monkeypatch.delenv(var)

@@ -5,6 +5,7 @@ settings and data give the same checkpoint."""
 import json
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 
 import polars as pl
@@ -76,6 +77,17 @@ def grpo_records(data: TrainingData, prompts: dict[str, tuple[list[dict], list[d
     return [{"prompt": prompts[pid][0], "prompt_id": pid, "text": texts[pid]} for pid in data.prompt_ids]
 
 
+def log_training_metrics(tracking: Tracking, run_id: str, metrics: dict) -> None:
+    """The loss curve, then the numeric metrics, in one log_batch: requests of up to 1000 metrics, each applied whole,
+    so an attempt that fails while logging leaves whole batches, and `steps` (in the last) says whether all were logged."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    curve = [Metric("train_loss", loss, now, step) for step, loss in enumerate(metrics["loss_curve"], start=1)]
+    numbers = [Metric(k, v, now, 0) for k, v in metrics.items() if isinstance(v, int | float)]  # not the curve or the precision
+    tracking.client().log_batch(run_id, metrics=curve + numbers)
+
+
 def train_and_register(
     db: Warehouse,
     spec: Domain,
@@ -97,17 +109,17 @@ def train_and_register(
         f"online prompts from {parent.path} "
         f"in {precision.dtype} ({precision.reason})"
     )
-    with tracking.start_run(run_name=f"{algorithm}-{ckpt}") as run:
+    with tracking.checkpoint_run(ckpt, f"{algorithm}-{ckpt}") as run:
         import mlflow
 
         params = {"parent": parent.version, "data_hash": data.data_hash, "pairs": pairs.height, "targets": data.targets.height}
         params["prompts"] = len(data.prompt_ids)
-        mlflow.log_params({**settings.model_dump(), **params, "domain": spec.name, **precision.metadata()})
+        params = {**settings.model_dump(), **params, "domain": spec.name, **precision.metadata()}
+        mlflow.log_params({k: v for k, v in params.items() if k not in run.data.params})  # a resumed run has some already
         reward = domain_reward(spec.build_scorers()) if data.prompt_ids else None
         metrics = train(parent.path, records, settings, out_dir, work_dir, policy.train_processes, precision, reward)
-        for step, loss in enumerate(metrics["loss_curve"], start=1):
-            mlflow.log_metric("train_loss", loss, step=step)
-        mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})  # not the curve or the precision
+        if "steps" not in run.data.metrics:  # else logged by the attempt this run is resumed from
+            log_training_metrics(tracking, run.info.run_id, metrics)
         mlflow.log_dict(pairs.head(50).to_dicts(), "pairs_sample.json")
         mlflow.log_dict(data.targets.head(50).to_dicts(), "targets_sample.json")
         mlflow.log_artifacts(str(out_dir), artifact_path="model")

@@ -1,5 +1,6 @@
 """Real servers on 127.0.0.1 for the tests: S3 (moto), PostgreSQL (Debian's package) and an MLflow tracking
-server. Each starts on a free port, is waited for, and is always stopped when its `with` block ends."""
+server. Each starts on a free port, is waited for, and is always stopped when its `with` block ends. The fault
+tests stop one mid-round and start it again on the same port with the same state: `stop()` and `start()`."""
 
 import contextlib
 import glob
@@ -14,6 +15,9 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from moto.backends import get_backend
+from moto.server import ThreadedMotoServer
 
 from .devserver import free_port
 
@@ -68,56 +72,112 @@ def postgres_bin() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
+class PostgresServer:
+    """A throwaway PostgreSQL cluster with password authentication; `variables` are the DAGSTER_PG_* variables of
+    deploy/dagster.prod.yaml. PostgreSQL refuses to run as root, so as root it runs as the `postgres` user that
+    Debian's package creates."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.data, self.port = folder, folder / "data", free_port()
+        password = secrets.token_hex(12)
+        (folder / "pw").write_text(password)
+        self.as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_owner:
+            shutil.chown(folder, "postgres")
+            shutil.chown(folder / "pw", "postgres")
+        self.pg("initdb", "-D", str(self.data), "-U", "tao", "--pwfile", str(folder / "pw"), "-A", "scram-sha-256")
+        self.variables = {
+            "DAGSTER_PG_HOST": "127.0.0.1",
+            "DAGSTER_PG_PORT": str(self.port),
+            "DAGSTER_PG_DB": "postgres",
+            "DAGSTER_PG_USERNAME": "tao",
+            "DAGSTER_PG_PASSWORD": password,
+        }
+
+    def pg(self, program: str, *args: str) -> None:
+        subprocess.run([*self.as_owner, str(postgres_bin() / program), *args], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off"
+        self.pg("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.folder / "log"), "-w", "-t", "60", "start")
+
+    def stop(self) -> None:
+        """A fast shutdown: open connections are closed, as a restarted database server closes them."""
+        self.pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+
 @contextlib.contextmanager
-def postgres_server() -> Iterator[dict[str, str]]:
-    """A throwaway PostgreSQL cluster with password authentication; yields the DAGSTER_PG_* variables of
-    deploy/dagster.prod.yaml. PostgreSQL refuses to run as root, so as root it runs as the `postgres` user
-    that Debian's package creates."""
-    bindir = postgres_bin()
-    root = os.geteuid() == 0
-    as_owner = ["runuser", "-u", "postgres", "--"] if root else []
+def postgres_server() -> Iterator[PostgresServer]:
     folder = Path(tempfile.mkdtemp(prefix="tao-pg-"))
-    data, password = folder / "data", secrets.token_hex(12)
-    (folder / "pw").write_text(password)
-    if root:
-        shutil.chown(folder, "postgres")
-        shutil.chown(folder / "pw", "postgres")
-    port = free_port()
-
-    def pg(*args: str) -> None:
-        subprocess.run([*as_owner, *args], check=True, capture_output=True, timeout=120)
-
     try:
-        pg(str(bindir / "initdb"), "-D", str(data), "-U", "tao", "--pwfile", str(folder / "pw"), "-A", "scram-sha-256")
-        options = f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off"
-        pg(str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "-t", "60", "start")
+        server = PostgresServer(folder)
+        server.start()
         try:
-            yield {
-                "DAGSTER_PG_HOST": "127.0.0.1",
-                "DAGSTER_PG_PORT": str(port),
-                "DAGSTER_PG_DB": "postgres",
-                "DAGSTER_PG_USERNAME": "tao",
-                "DAGSTER_PG_PASSWORD": password,
-            }
+            yield server
         finally:
-            pg(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+            with contextlib.suppress(subprocess.CalledProcessError):  # already stopped by the test
+                server.stop()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def mlflow_server(s3_url: str, artifacts: str, folder: Path) -> Iterator[str]:
+class MlflowServer:
     """`mlflow server` with a SQLite backend in `folder` and proxied artifacts at `artifacts` (s3://...) on the
-    S3 endpoint `s3_url`; yields its URL. Clients reach artifacts through the server, with no S3 credentials."""
-    port = free_port()
-    env = {**os.environ, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_url}
-    command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    command += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", artifacts]
-    with (folder / "mlflow-server.log").open("w") as log:
-        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_http(f"{url}/health", server, 90)
-            yield url
-        finally:
-            stop(server)
+    S3 endpoint `s3_url`. Clients reach artifacts through the server, with no S3 credentials."""
+
+    def __init__(self, s3_url: str, artifacts: str, folder: Path):
+        self.port, self.folder, self.process = free_port(), folder, None
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_url}
+        self.command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        self.command += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", artifacts]
+
+    def start(self) -> None:
+        with (self.folder / "mlflow-server.log").open("a") as log:
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_http(f"{self.url}/health", self.process, 90)
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+@contextlib.contextmanager
+def mlflow_server(s3_url: str, artifacts: str, folder: Path) -> Iterator[MlflowServer]:
+    server = MlflowServer(s3_url, artifacts, folder)
+    try:
+        server.start()
+        yield server
+    finally:
+        if server.process:
+            stop(server.process)
+
+
+class ThreadedS3:
+    """moto's S3 in this process (moto.server.ThreadedMotoServer), for the tests that restart it: its buckets live
+    in moto's backends in this process, so `stop()` and `start()` on the same port keep them, where a restarted
+    moto_server subprocess would start empty."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def stop(self) -> None:
+        """Stop serving and close the socket, so that clients are refused as by a stopped server, not left waiting."""
+        self.server.stop()
+        self.server._server.server_close()
+
+
+@contextlib.contextmanager
+def threaded_s3_server() -> Iterator[ThreadedS3]:
+    """A ThreadedS3, started; its buckets are dropped when the block ends, since moto's backends outlive it."""
+    server = ThreadedS3()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        get_backend("s3").reset()
