@@ -123,8 +123,9 @@ def fill_warehouse(path: Path, prompts: int, stored_share: float, domain_yaml: P
         )
 
 
-def child(args: list[str]) -> dict:
-    """Run `python bench/planning.py --child ...` and return the JSON it prints."""
+def in_fresh_process(db_path: str | Path, domain_yaml: str | Path, policy_version: str, full_pass: bool = False, old: bool = False) -> dict:
+    """measure_planning (or measure_old) in a new Python process, so that its peak RSS is the planning's own."""
+    args = [str(db_path), str(domain_yaml), policy_version, "full" if full_pass else "plan", "old" if old else "new"]
     out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, cwd=PROJECT_ROOT)
     if out.returncode:
         raise RuntimeError(f"planning.py --child {' '.join(args)} failed:\n{out.stderr[-3000:]}")
@@ -138,14 +139,14 @@ def main() -> None:
     parser.add_argument("--full-pass", type=int, default=1_000_000, help="read every planned candidate up to this many prompts")
     parser.add_argument("--old-max", type=int, default=100_000, help="run the old all-at-once planning up to this many prompts")
     parser.add_argument("--work", help="folder for the warehouses (default: a temporary one)")
-    parser.add_argument("--child", nargs=4, metavar=("WHAT", "DB", "DOMAIN", "FULL"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        what, db_path, domain_yaml, full = args.child
-        if what == "old":
-            print(json.dumps(measure_old(db_path, domain_yaml, POLICY_VERSION)))
+        db_path, domain_yaml, policy_version, full, code = args.child
+        if code == "old":
+            print(json.dumps(measure_old(db_path, domain_yaml, policy_version)))
         else:
-            print(json.dumps(measure_planning(db_path, domain_yaml, POLICY_VERSION, full_pass=full == "full")))
+            print(json.dumps(measure_planning(db_path, domain_yaml, policy_version, full_pass=full == "full")))
         return
 
     work = Path(args.work or tempfile.mkdtemp(prefix="tao-planning-"))
@@ -157,10 +158,9 @@ def main() -> None:
             began = time.perf_counter()
             fill_warehouse(db_path, size, args.stored_share, domain_yaml, POLICY_VERSION)
             filled = round(time.perf_counter() - began, 1)
-            full = "full" if size <= args.full_pass else "plan"
-            runs = [("new", child(["new", str(db_path), str(domain_yaml), full]))]
+            runs = [("new", in_fresh_process(db_path, domain_yaml, POLICY_VERSION, full_pass=size <= args.full_pass))]
             if size <= args.old_max:
-                runs.append(("old", child(["old", str(db_path), str(domain_yaml), "plan"])))
+                runs.append(("old", in_fresh_process(db_path, domain_yaml, POLICY_VERSION, old=True)))
             for code, measured in runs:
                 rows.append({"domain": name, "code": code, "fill_seconds": filled} | measured)
                 print(json.dumps(rows[-1]), flush=True)

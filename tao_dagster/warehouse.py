@@ -205,10 +205,10 @@ class Warehouse:
         with self.connect() as con:
             con.register("samples", samples)
             return con.execute(
-                f"""with batch as (select prompt_id from prompts where {TRAINING})
-                    select (select count(*) from batch),
+                f"""with training as (select prompt_id from prompts where {TRAINING})
+                    select (select count(*) from training),
                            (select count(*) from candidates join samples using (strategy, sampling, sample_index)
-                            where policy_version = ? and prompt_id in (select prompt_id from batch))""",
+                            where policy_version = ? and prompt_id in (select prompt_id from training))""",
                 [partitions, policy_version],
             ).fetchone()
 
@@ -219,12 +219,11 @@ class Warehouse:
         with self.connect() as con:
             con.register("samples", samples)
             return con.sql(
-                f"""with batch as (
-                        select prompt_id, messages, tools, first_partition from prompts
-                        where {TRAINING} and prompt_id > ? order by prompt_id limit ?),
+                f"""with ids as (select prompt_id from prompts where {TRAINING} and prompt_id > ? order by prompt_id limit ?),
+                    batch as (select prompt_id, messages, tools, first_partition from prompts semi join ids using (prompt_id)),
                     stored as (
                         select prompt_id, strategy, sampling, sample_index from candidates where policy_version = ?
-                        and prompt_id between (select min(prompt_id) from batch) and (select max(prompt_id) from batch)),
+                        and prompt_id between (select min(prompt_id) from ids) and (select max(prompt_id) from ids)),
                     missing as (
                         select prompt_id, list(sample order by sample) as missing from batch cross join samples
                         anti join stored using (prompt_id, strategy, sampling, sample_index) group by prompt_id)

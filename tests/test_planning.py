@@ -130,12 +130,13 @@ def settings(tmp_path) -> PolicySettings:
     return PolicySettings(cache_dir=str(tmp_path), generation_chunk=10)
 
 
-def test_the_stage_generates_the_missing_candidates_and_counts_the_rest(db, engine, tmp_path):
+def test_the_stage_generates_the_missing_candidates_and_counts_the_rest(db, engine, tmp_path, monkeypatch):
     domain = DomainSettings(domain_file=str(HWU64))
     first = generate_candidates(db, domain, settings(tmp_path), POLICY, PARTITIONS)
     missing = TRAINING * PER_PROMPT - STORED
     assert (first["prompts"], first["candidates_generated"], first["candidates_reused"]) == (TRAINING, missing, STORED)
     assert engine.chunks == -(-missing // 10)
+    monkeypatch.setattr(db, "missing_candidates", lambda *args: pytest.fail("a batch read with nothing left to generate"))
     rerun = generate_candidates(db, domain, settings(tmp_path), POLICY, PARTITIONS)
     assert (rerun["candidates_generated"], rerun["candidates_reused"]) == (0, TRAINING * PER_PROMPT)
     stored = db.query("select count(*) as n from candidates where policy_version = ?", [POLICY.version])["n"][0]

@@ -75,7 +75,8 @@ def plan_candidates(
 ) -> tuple[int, int, Iterator[Planned]]:
     """(training prompts in the partitions, how many of their candidates this policy has not generated yet, those
     candidates). The counts are one query; the candidates are read `batch` prompts at a time as generation asks for
-    them, so memory holds a batch whatever the number of prompts, and a batch read after a chunk was stored skips it."""
+    them and each request is rendered when its chunk is generated, so memory holds a batch whatever the number of
+    prompts, and no Python set of every candidate id is built."""
     samples = samples_of(spec.strategies)
     keys = pl.DataFrame(
         [{"sample": k, "strategy": s.name, "sampling": s.settings_key(), "sample_index": i} for k, (s, i) in enumerate(samples)],
@@ -91,7 +92,8 @@ def plan_candidates(
                     yield from planned(spec, row, policy_version, [samples[k] for k in row["missing"]], row["first_partition"])
             after = rows["prompt_id"][-1]
 
-    return prompts, prompts * len(samples) - stored, todo()
+    to_generate = prompts * len(samples) - stored
+    return prompts, to_generate, islice(todo(), to_generate)  # no batch is read past the last one counted
 
 
 def candidate_frame(generated: list[tuple[Planned, Generation]], version: str, engine: str) -> pl.DataFrame:
