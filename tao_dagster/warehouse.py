@@ -65,6 +65,8 @@ alter table prompt_sources add column if not exists reply varchar;
 SOURCE_DETAILS = {"request_id": pl.String, "requested_at": pl.Datetime("us"), "model": pl.String, "reply": pl.String}
 
 
+# The training prompts of a list of partitions (the query's parameter): first seen there, and not held out.
+TRAINING = "not heldout and first_partition in (select unnest(?))"
 LOCK_WAIT_SECONDS = 300.0
 
 
@@ -158,9 +160,7 @@ class Warehouse:
     def training_prompts(self, partitions: list[str]) -> pl.DataFrame:
         """Prompts first seen in these partitions that are not held out: prompt_id, messages, tools, first_partition."""
         return self.query(
-            """select prompt_id, messages, tools, first_partition from prompts
-               where not heldout and first_partition in (select unnest(?)) order by prompt_id""",
-            [partitions],
+            f"select prompt_id, messages, tools, first_partition from prompts where {TRAINING} order by prompt_id", [partitions]
         )
 
     def heldout_prompts(self, part: str | None = None, limit: int = 0) -> pl.DataFrame:
@@ -199,8 +199,37 @@ class Warehouse:
             con.unregister("incoming")
             self.insert(con, "candidates", frame, "ignore")
 
-    def candidate_ids(self, policy_version: str) -> set[str]:
-        return set(self.query("select candidate_id from candidates where policy_version = ?", [policy_version])["candidate_id"])
+    def stored_candidate_count(self, partitions: list[str], policy_version: str, samples: pl.DataFrame) -> tuple[int, int]:
+        """(training prompts in these partitions, how many candidates the policy has stored of their `samples`
+        (strategy, sampling, sample_index)): a candidate is keyed by these and its prompt and policy, so nothing is hashed."""
+        with self.connect() as con:
+            con.register("samples", samples)
+            return con.execute(
+                f"""with training as (select prompt_id from prompts where {TRAINING})
+                    select (select count(*) from training),
+                           (select count(*) from candidates join samples using (strategy, sampling, sample_index)
+                            where policy_version = ? and prompt_id in (select prompt_id from training))""",
+                [partitions, policy_version],
+            ).fetchone()
+
+    def missing_candidates(self, partitions: list[str], policy_version: str, samples: pl.DataFrame, after: str, limit: int) -> pl.DataFrame:
+        """The first `limit` training prompts of these partitions after prompt id `after`, in prompt id order
+        (prompt_id, messages, tools, first_partition), each with `missing`: the `sample` numbers of `samples` the
+        policy has no candidate of yet (an empty list when it has them all, so the next batch starts after it)."""
+        with self.connect() as con:
+            con.register("samples", samples)
+            return con.sql(
+                f"""with ids as (select prompt_id from prompts where {TRAINING} and prompt_id > ? order by prompt_id limit ?),
+                    batch as (select prompt_id, messages, tools, first_partition from prompts semi join ids using (prompt_id)),
+                    stored as (
+                        select prompt_id, strategy, sampling, sample_index from candidates where policy_version = ?
+                        and prompt_id between (select min(prompt_id) from ids) and (select max(prompt_id) from ids)),
+                    missing as (
+                        select prompt_id, list(sample order by sample) as missing from batch cross join samples
+                        anti join stored using (prompt_id, strategy, sampling, sample_index) group by prompt_id)
+                    select batch.*, coalesce(missing, []) as missing from batch left join missing using (prompt_id) order by prompt_id""",
+                params=[partitions, after, limit, policy_version],
+            ).pl()
 
     def candidate_stats(self, policy_version: str, partitions: list[str]) -> pl.DataFrame:
         """Per strategy and sampling: candidates, mean completion tokens and the share cut at max_tokens."""

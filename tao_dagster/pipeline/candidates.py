@@ -4,7 +4,9 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 import polars as pl
 
@@ -22,6 +24,9 @@ def candidate_id(prompt_id: str, policy_version: str, strategy: str, sampling: s
     return hashlib.sha256(f"{prompt_id}|{policy_version}|{strategy}|{sampling}|{index}".encode()).hexdigest()[:16]
 
 
+PLAN_BATCH = 50_000  # training prompts read from the warehouse at a time: planning holds one batch, not every prompt
+
+
 @dataclass(frozen=True)
 class Planned:
     """A candidate to generate, and where it goes."""
@@ -34,6 +39,19 @@ class Planned:
     request: Request
 
 
+def samples_of(strategies: list[Strategy]) -> list[tuple[Strategy, int]]:
+    """Each prompt's samples, in planning order: every strategy's `samples` of it."""
+    return [(strategy, index) for strategy in strategies for index in range(strategy.samples)]
+
+
+def planned(spec: Domain, row: dict, policy_version: str, samples: list[tuple[Strategy, int]], partition: str) -> Iterator[Planned]:
+    """The candidates of these samples of one prompt (prompt_id, messages, tools), each request rendered as it is asked for."""
+    conversation, tools = json.loads(row["messages"]), json.loads(row["tools"] or "null")
+    for strategy, index in samples:
+        cid = candidate_id(row["prompt_id"], policy_version, strategy.name, strategy.settings_key(), index)
+        yield Planned(cid, row["prompt_id"], partition, strategy, index, spec.strategy_request(conversation, strategy, tools))
+
+
 def plan_requests(
     spec: Domain,
     prompts: pl.DataFrame,
@@ -41,26 +59,41 @@ def plan_requests(
     existing: set[str],
     partition: str = "",
     strategies: list[Strategy] | None = None,
-) -> list[Planned]:
+) -> Iterator[Planned]:
     """Every sample of the strategies (the domain's if None) for each prompt (prompt_id, messages, tools[,
-    first_partition]) not in `existing` yet."""
-    todo = []
+    first_partition]) not in `existing` yet, rendered lazily."""
+    samples = samples_of(spec.strategies if strategies is None else strategies)
     for row in prompts.iter_rows(named=True):
-        conversation, tools = json.loads(row["messages"]), json.loads(row["tools"] or "null")
-        for strategy in spec.strategies if strategies is None else strategies:
-            sampling = strategy.settings_key()
-            for index in range(strategy.samples):
-                cid = candidate_id(row["prompt_id"], policy_version, strategy.name, sampling, index)
-                if cid not in existing:
-                    request = spec.strategy_request(conversation, strategy, tools)
-                    todo.append(Planned(cid, row["prompt_id"], row.get("first_partition", partition), strategy, index, request))
-    return todo
+        pid = row["prompt_id"]
+        missing = [(s, i) for s, i in samples if candidate_id(pid, policy_version, s.name, s.settings_key(), i) not in existing]
+        if missing:
+            yield from planned(spec, row, policy_version, missing, row.get("first_partition", partition))
 
 
-def plan_candidates(db: Warehouse, spec: Domain, policy_version: str, partitions: list[str]) -> tuple[int, list[Planned]]:
-    """(training prompts in the partitions, the candidates of theirs this policy has not generated yet)."""
-    prompts = db.training_prompts(partitions)
-    return prompts.height, plan_requests(spec, prompts, policy_version, db.candidate_ids(policy_version))
+def plan_candidates(
+    db: Warehouse, spec: Domain, policy_version: str, partitions: list[str], batch: int = PLAN_BATCH
+) -> tuple[int, int, Iterator[Planned]]:
+    """(training prompts in the partitions, how many of their candidates this policy has not generated yet, those
+    candidates). The counts are one query; the candidates are read `batch` prompts at a time as generation asks for
+    them and each request is rendered when its chunk is generated, so memory holds a batch whatever the number of
+    prompts, and no Python set of every candidate id is built."""
+    samples = samples_of(spec.strategies)
+    keys = pl.DataFrame(
+        [{"sample": k, "strategy": s.name, "sampling": s.settings_key(), "sample_index": i} for k, (s, i) in enumerate(samples)],
+        schema={"sample": pl.Int32, "strategy": pl.String, "sampling": pl.String, "sample_index": pl.Int32},
+    )
+    prompts, stored = db.stored_candidate_count(partitions, policy_version, keys)
+
+    def todo() -> Iterator[Planned]:
+        after = ""
+        while (rows := db.missing_candidates(partitions, policy_version, keys, after, batch)).height:
+            for row in rows.iter_rows(named=True):
+                if row["missing"]:
+                    yield from planned(spec, row, policy_version, [samples[k] for k in row["missing"]], row["first_partition"])
+            after = rows["prompt_id"][-1]
+
+    to_generate = prompts * len(samples) - stored
+    return prompts, to_generate, islice(todo(), to_generate)  # no batch is read past the last one counted
 
 
 def candidate_frame(generated: list[tuple[Planned, Generation]], version: str, engine: str) -> pl.DataFrame:
@@ -108,18 +141,26 @@ class Generated:
 
 
 def generate_and_store(
-    db: Warehouse, table: str, settings: PolicySettings, policy: Policy, todo: list[Planned], columns: list[str] | None = None, log=logger
+    db: Warehouse,
+    table: str,
+    settings: PolicySettings,
+    policy: Policy,
+    todo: Iterable[Planned],
+    total: int,
+    columns: list[str] | None = None,
+    log=logger,
 ) -> Generated:
-    """Generate `todo` with the policy and store it in `table` (only `columns` of a candidate row, if given), chunk by
-    chunk: one transaction per chunk, so a crash keeps every chunk stored before it and the rerun generates only
-    what is still missing. A request too long for the model's window is recorded in `skipped_requests` with its
-    reason, and the rest of its chunk goes on."""
+    """Generate `todo` (`total` of them) with the policy and store it in `table` (only `columns` of a candidate row, if
+    given), chunk by chunk, taking each chunk from `todo` only when it is its turn: one transaction per chunk, so a
+    crash keeps every chunk stored before it and the rerun generates only what is still missing. A request too long
+    for the model's window is recorded in `skipped_requests` with its reason, and the rest of its chunk goes on."""
     done = Generated()
-    if not todo:
+    todo = iter(todo)
+    chunk = list(islice(todo, settings.generation_chunk))
+    if not chunk:
         return done
     with open_engine(policy.path, settings.engine_settings()) as engine:
-        for start in range(0, len(todo), settings.generation_chunk):
-            chunk = todo[start : start + settings.generation_chunk]
+        while chunk:
             began = time.perf_counter()
             outputs = engine.generate([p.request for p in chunk])
             done.seconds += time.perf_counter() - began
@@ -136,7 +177,8 @@ def generate_and_store(
                 log.warning(f"{table}: skipped {p.strategy.name} for prompt {p.prompt_id}: {out.skipped}")
             done.generated += len(kept)
             done.skipped += len(skipped)
-            log.info(f"{done.generated} of {len(todo)} {table} generated and stored, {done.skipped} skipped as too long")
+            log.info(f"{done.generated} of {total} {table} generated and stored, {done.skipped} skipped as too long")
+            chunk = list(islice(todo, settings.generation_chunk))
     return done
 
 
@@ -173,9 +215,9 @@ def generate_candidates(
 ) -> dict:
     """Generate and store the missing candidates of these partitions, and take in production's replies."""
     spec = domain.load()
-    n_prompts, todo = plan_candidates(db, spec, policy.version, partitions)
-    log.info(f"{n_prompts} prompts, {len(todo)} candidates to generate with {policy.version}")
-    done = generate_and_store(db, "candidates", settings, policy, todo, log=log)
+    n_prompts, n_todo, todo = plan_candidates(db, spec, policy.version, partitions)
+    log.info(f"{n_prompts} prompts, {n_todo} candidates to generate with {policy.version}")
+    done = generate_and_store(db, "candidates", settings, policy, todo, n_todo, log=log)
     stats = db.candidate_stats(policy.version, partitions)
     return {
         "policy_version": policy.version,
@@ -183,7 +225,7 @@ def generate_candidates(
         "prompts": n_prompts,
         "candidates_generated": done.generated,
         "candidates_skipped": done.skipped,  # too long for the model's window: in skipped_requests with the reason
-        "candidates_reused": n_prompts * sum(s.samples for s in spec.strategies) - len(todo),
+        "candidates_reused": n_prompts * len(samples_of(spec.strategies)) - n_todo,
         "generation_seconds": round(done.seconds, 1),
         "tokens_per_second": round(done.completion_tokens / done.seconds, 1) if done.seconds else 0.0,
         "completion_tokens": int(stats["candidates"].dot(stats["mean_tokens"])) if stats.height else 0,

@@ -30,7 +30,7 @@ def heldout_answers(db: Warehouse, spec: Domain, settings: PolicySettings, polic
     prompt id. A prompt too long for the model's window has no answer (see on_common_prompts)."""
     todo = prompts.filter(~pl.col("prompt_id").is_in(db.answers(policy.version)["prompt_id"].to_list()))
     planned = plan_requests(spec, todo, policy.version, set(), strategies=[spec.plain_strategy()])
-    generate_and_store(db, "eval_answers", settings, policy, planned, EVAL_ANSWER_COLUMNS)
+    generate_and_store(db, "eval_answers", settings, policy, planned, todo.height, EVAL_ANSWER_COLUMNS)
     return db.answers(policy.version).join(prompts.select("prompt_id", "text"), on="prompt_id").sort("prompt_id")
 
 
@@ -56,8 +56,8 @@ def best_of_n(db: Warehouse, spec: Domain, settings: PolicySettings, policy: Pol
     """The ceiling a round distils: the policy's best candidate per prompt, generated with the domain's strategies
     as for training and picked by the full reward as training picks, for measurement only (stored apart from the
     training candidates, never trained on). The frame is shaped like heldout_answers'."""
-    todo = plan_requests(spec, prompts, policy.version, set(db.eval_candidates(policy.version)["candidate_id"]))
-    generate_and_store(db, "eval_candidates", settings, policy, todo, EVAL_CANDIDATE_COLUMNS)
+    todo = list(plan_requests(spec, prompts, policy.version, set(db.eval_candidates(policy.version)["candidate_id"])))
+    generate_and_store(db, "eval_candidates", settings, policy, todo, len(todo), EVAL_CANDIDATE_COLUMNS)
     candidates = db.eval_candidates(policy.version).join(prompts.select("prompt_id", "text"), on="prompt_id")
     scorers = spec.build_scorers()
     rewards = combine(score_frame(scored_items(candidates), candidates["candidate_id"].to_list(), scorers), scorers)
