@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pytest
 import yaml
 from transformers import AutoTokenizer
@@ -21,7 +22,7 @@ from tao_dagster.pipeline.heldout import heldout_answers, on_common_prompts
 from tao_dagster.policies import PolicySettings, base_policy
 from tao_dagster.traces import Trace
 from tao_dagster.traces.files import RAW_EXCERPT_CHARS
-from tao_dagster.warehouse import Warehouse
+from tao_dagster.warehouse import STAGED, Warehouse
 
 from .conftest import BANKING
 
@@ -161,7 +162,7 @@ def test_a_skipped_request_is_recorded_with_its_reason_and_its_chunk_goes_on(tmp
         }
         for line, m in enumerate(conversations, start=1)
     ]
-    db.store_partition("a.jsonl", rows, [])
+    db.store_partition("a.jsonl", [pa.RecordBatch.from_pylist(rows, schema=STAGED)])
     policy = PolicySettings(base_model=str(tiny_model_dir), cache_dir=str(tmp_path), engine="transformers", max_model_len=WINDOW)
     assert policy.generation_chunk > 2 * 4, "one chunk holds both prompts' requests"
     summary = generate_candidates(db, DomainSettings(domain_file=str(spec.path)), policy, base_policy(policy), ["a.jsonl"])
