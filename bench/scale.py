@@ -4,8 +4,9 @@ Each log holds unique prompts (banking questions with an order number and a few 
 characters) behind a system turn, with the logged reply, and a bad line every 10,007 lines (a line cut short, or a
 record of another shape). Each size is ingested in a fresh process into a fresh warehouse, through
 `ingest_partition` with the banking domain's window check on the embedded model's tokenizer, so the peak RSS
-(ru_maxrss of that process) is the size's own. Per size: lines, file MB, seconds, lines/s, peak RSS, the RSS
-before ingesting (imports and tokenizer loaded), accepted and quarantined rows, and whether the counts reconcile.
+(ru_maxrss of that process) is the size's own. Per size: lines, file MB, seconds, lines/s, accepted and
+quarantined rows, whether the counts reconcile, peak RSS, the RSS before ingesting (imports and tokenizer loaded)
+and the machine's load at the end. Planning is not measured here; a step of its own goes into STEPS.
 Prints a table; JSON in bench/results/scale.json.
 
     .venv/bin/python bench/scale.py                      # 100k, 1M and 10M lines, in a temporary folder
@@ -117,7 +118,7 @@ def measure(home: Path, log: Path, lines: int) -> dict:
     row, before = {}, rss_gib()
     for step in STEPS:
         row |= step(run)
-    return row | {"peak_rss_gib": round(rss_gib(), 2), "rss_before_gib": round(before, 2)}
+    return row | {"peak_rss_gib": round(rss_gib(), 2), "rss_before_gib": round(before, 2), "load_average_1m": round(os.getloadavg()[0], 1)}
 
 
 def main() -> None:
@@ -132,21 +133,25 @@ def main() -> None:
         return
     root, rows = project_home(args.home, "tao-bench-scale-"), []
     for lines in args.lines:
-        log = root / "logs" / f"scale-{lines}.jsonl"
-        if not log.exists():
-            log.parent.mkdir(parents=True, exist_ok=True)
-            write_log(log, lines)
-        home = project_home(str(root / f"home-{lines}"), "")
-        for stale in home.glob("warehouse*"):
-            stale.unlink()
-        child = subprocess.run(
-            [sys.executable, __file__, "--measure", str(home), str(log), str(lines)], check=True, capture_output=True, text=True
-        )
-        measured = json.loads(child.stdout.splitlines()[-1])
-        rows.append({"lines": lines, "file_mb": round(log.stat().st_size / 1e6), **measured})
+        rows.append({"lines": lines, **measure_size(root, lines)})
         print(rows[-1], flush=True)
+        write_result("scale", {"rows": rows})  # after each size: a long run keeps what it measured
     print_table(rows, "ingestion at scale: one partition of unique chat-completions prompts, a fresh process per size")
-    write_result("scale", {"rows": rows})
+
+
+def measure_size(root: Path, lines: int) -> dict:
+    """The log of `lines` lines (written once, kept under `root`) measured in a fresh process and warehouse."""
+    log = root / "logs" / f"scale-{lines}.jsonl"
+    if not log.exists():
+        log.parent.mkdir(parents=True, exist_ok=True)
+        write_log(log, lines)
+    home = project_home(str(root / f"home-{lines}"), "")
+    for stale in home.glob("warehouse.duckdb*"):
+        stale.unlink()
+    child = subprocess.run(
+        [sys.executable, __file__, "--measure", str(home), str(log), str(lines)], check=True, capture_output=True, text=True
+    )
+    return {"file_mb": round(log.stat().st_size / 1e6), **json.loads(child.stdout.splitlines()[-1])}
 
 
 if __name__ == "__main__":

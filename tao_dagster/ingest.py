@@ -27,7 +27,6 @@ LongPrompts = Literal["skip", "truncate"]
 SURROGATE = re.compile("[\ud800-\udfff]")
 CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 and DEL, except tab and line breaks
 BATCH_RECORDS = 10_000  # records read, checked and stored at a time: what memory holds of a file
-CSV_FIELD_LIMIT = 2**31 - 1  # csv's own limit is 128 KiB; the length limit decides about long prompts
 
 
 @dataclass
@@ -169,7 +168,7 @@ def _read_csv(
     path: Path, text: TextIO, encoding: str, text_column: str, max_chars: int, long_prompts: LongPrompts, batch_size: int
 ) -> Iterator[ParsedFile]:
     # The length limit decides about long prompts, not csv's field limit.
-    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    csv.field_size_limit(max(csv.field_size_limit(), files.CSV_FIELD_LIMIT))
     # strict: an unterminated quote (a file cut short) is an error, not a field that runs to the end.
     reader = csv.reader(text, strict=True)
     try:

@@ -7,7 +7,7 @@ import csv
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from tao_dagster.traces.files import open_text
+from tao_dagster.traces.files import CSV_FIELD_LIMIT, open_text
 
 
 def line_records(lines: Iterable[str]) -> int:
@@ -17,7 +17,7 @@ def line_records(lines: Iterable[str]) -> int:
 
 def csv_records(lines: Iterable[str]) -> int:
     """The csv module's records after the header, a malformed one counting as one; blank lines are not records."""
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     reader, records, header = csv.reader(lines, strict=True), 0, None
     while True:
         try:

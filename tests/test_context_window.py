@@ -4,6 +4,7 @@ is skipped with its reason and the rest of its chunk is generated, through trans
 
 import dataclasses
 import json
+import random
 from pathlib import Path
 
 import polars as pl
@@ -100,6 +101,27 @@ def test_ingestion_keeps_a_prompt_at_the_window_and_quarantines_or_cuts_one_toke
     shortened = cut.rows[1].messages[-1]["content"]
     assert over[-1]["content"].startswith(shortened) and len(shortened) < len(over[-1]["content"])
     assert WINDOW - 2 <= total(tokenizer, spec, strategy, cut.rows[1].messages) <= WINDOW
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_a_prompt_counted_as_surely_fitting_fits_and_is_not_tokenized(tokenizer, domain, monkeypatch):
+    """A token for each byte bounds the count of a byte-level BPE: prompts within that bound skip the tokenizer, and
+    every one of them fits when counted exactly (multi-byte characters and special-token strings among them)."""
+    spec, rng = DOMAINS[domain], random.Random(0)
+    check = WindowCheck(spec, tokenizer, WINDOW)
+    assert check.bytes_bound
+    alphabet = ["a", "b", " ", "é", "€", "🎉", "\n", "<|im_start|>", "twice ", "9"]
+    conversations = [
+        [{"role": "system", "content": "Be brief."}] * (n % 2)
+        + [{"role": "user", "content": "".join(rng.choices(alphabet, k=rng.randint(1, 200)))}]
+        for n in range(300)
+    ]
+    sure = [c for c in conversations if check.surely_fits(c)]
+    assert 50 < len(sure) < len(conversations)
+    assert all(check.worst(counts).excess <= 0 for counts in check.prompt_tokens(sure))
+    tokenized = []
+    monkeypatch.setattr(check.counter, "content_tokens", lambda texts: tokenized.extend(texts) or [0] * len(texts))
+    assert check.overruns(sure) == [None] * len(sure) and tokenized == []
 
 
 def test_a_prompt_the_templates_leave_no_room_for_is_quarantined_even_when_cutting(tokenizer):

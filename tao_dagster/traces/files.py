@@ -25,6 +25,7 @@ from tao_dagster.traces.otel import otlp_spans
 
 RAW_EXCERPT_CHARS = 2000
 CHUNK_BYTES = 1 << 20  # read (and un-gzipped) at a time
+CSV_FIELD_LIMIT = 2**31 - 1  # no field is too long for csv (its own limit is 128 KiB): the length limit decides
 # UTF-32 first: its little-endian mark starts with UTF-16's.
 BYTE_ORDER_MARKS = (
     (codecs.BOM_UTF32_LE, "utf-32"),
