@@ -87,8 +87,10 @@ STAGED_TYPES = {pa.int64(): "bigint", pa.string(): "varchar", pa.bool_(): "boole
 
 LOCK_WAIT_SECONDS = 300.0
 # DuckDB's memory while it stores a file's rows (80% of RAM by default): it spills the rest to <warehouse>.tmp, so
-# memory does not grow with the file. The primary keys' indexes stay in memory: about 70 MB per million rows.
-INGEST_MEMORY = "512MB"
+# its working memory does not grow with the file. The primary keys' indexes cannot spill: placing the rows is
+# granted INDEX_BYTES a key of prompts and prompt_sources besides (about 35 measured), or DuckDB runs out of memory.
+INGEST_MEMORY_MB = 512
+INDEX_BYTES = 64
 
 
 class Warehouse:
@@ -154,11 +156,15 @@ class Warehouse:
         time cannot also take a shared prompt as new. The counts are read back from the tables written.
         """
         with self.transaction() as con:
-            con.execute(f"set memory_limit = '{INGEST_MEMORY}'; set preserve_insertion_order = false")
+            con.execute(f"set memory_limit = '{INGEST_MEMORY_MB}MB'; set preserve_insertion_order = false")
             con.execute("delete from prompt_sources where partition = ?", [key])
             con.execute("delete from quarantine where partition = ?", [key])
             con.execute(f"create table staged ({', '.join(f'{f.name} {STAGED_TYPES[f.type]}' for f in STAGED)})")
             self.insert_stream(con, "staged", batches)
+            (keys,) = con.execute(
+                "select (select count(*) from prompts) + (select count(*) from prompt_sources) + 2 * (select count(*) from staged)"
+            ).fetchone()
+            con.execute(f"set memory_limit = '{INGEST_MEMORY_MB + keys * INDEX_BYTES // 2**20}MB'")
             self.place_staged(con, key)
             con.execute("drop table staged")
             accepted, duplicates = con.execute(
