@@ -49,6 +49,26 @@ class WindowCheck:
         self.spec, self.counter, self.window = spec, TokenCounter(tokenizer), window
         self.strategies = spec.requested_strategies()
         self.around_prompt = {t: self.template_text(t) for t in {s.template for s in self.strategies}}
+        self.bytes_bound = bytes_bound_tokens(tokenizer)
+
+    def surely_fits(self, conversation: list[dict]) -> bool:
+        """Whether every strategy's request fits even with a token for each byte of every turn, which a tokenizer
+        with `bytes_bound` never exceeds (and SLACK for the joins of the prompt and its template's text): such a
+        prompt, most of them, needs no tokenizing."""
+        ask = last_user_turn(conversation)
+        earlier = sum(len((m.get("content") or "").encode()) for i, m in enumerate(conversation) if i != ask)
+        prompt, roles = len(conversation[ask]["content"].encode()), tuple(m["role"] for m in conversation)
+        return all(
+            earlier
+            + around
+            + uses * prompt
+            + self.counter.template_tokens(roles, s.prefix_for(conversation))
+            + s.sampling.max_tokens
+            + SLACK
+            <= self.window
+            for s in self.strategies
+            for around, uses in [self.around_prompt[s.template]]
+        )
 
     def template_text(self, template: str) -> tuple[int, int]:
         """(tokens of a strategy template's own text in the last turn, how many times the prompt goes into it)."""
@@ -87,9 +107,10 @@ class WindowCheck:
 
     def overruns(self, conversations: list[list[dict]]) -> list[Overrun | None]:
         """Each conversation's worst request over the window, or None where every strategy fits: counted exactly
-        where the estimate comes within SLACK tokens of the window."""
-        estimated = [self.worst(counts) for counts in self.prompt_tokens(conversations, exact=False)]
-        near = [k for k, over in enumerate(estimated) if over.excess > -SLACK]
+        where the estimate comes within SLACK tokens of the window, not at all where they surely fit."""
+        unsure = [k for k, c in enumerate(conversations) if not (self.bytes_bound and self.surely_fits(c))]
+        estimated = [self.worst(counts) for counts in self.prompt_tokens([conversations[k] for k in unsure], exact=False)]
+        near = [k for k, over in zip(unsure, estimated) if over.excess > -SLACK]
         found: list[Overrun | None] = [None] * len(conversations)
         for k, counts in zip(near, self.prompt_tokens([conversations[k] for k in near])):
             over = self.worst(counts)
@@ -130,6 +151,19 @@ class WindowCheck:
                         BadRow(row.line, over.reason() + room, excerpt(row.messages[last_user_turn(row.messages)]["content"]))
                     )
         parsed.rows = kept
+
+
+def bytes_bound_tokens(tokenizer) -> bool:
+    """Whether the tokenizer gives a text at most one token per UTF-8 byte: a byte-level BPE (each token at least one
+    byte) with no normalizer, which could lengthen a text (NFC or NFKC can)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.normalizer is not None:
+        return False
+    from tokenizers import models, pre_tokenizers
+
+    pre = backend.pre_tokenizer
+    steps = list(pre) if isinstance(pre, pre_tokenizers.Sequence) else [pre]
+    return isinstance(backend.model, models.BPE) and any(isinstance(step, pre_tokenizers.ByteLevel) for step in steps)
 
 
 def window_check(spec: Domain, policy: PolicySettings) -> WindowCheck:

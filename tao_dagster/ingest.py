@@ -11,19 +11,22 @@ say) never leaves this module.
 import csv
 import hashlib
 import io
+import itertools
 import json
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, TextIO, get_args
 
-from tao_dagster.traces import FORMATS, LogFormatName, Trace, detect, files, last_user_turn, read_trace
-from tao_dagster.traces.files import UNDECODABLE, FileProblem, Item, excerpt
+from tao_dagster.traces import DETECT_RECORDS, FORMATS, LogFormatName, Trace, detect, files, last_user_turn, read_trace
+from tao_dagster.traces.files import UNDECODABLE, FileProblem, Item, Numbering, excerpt
 
 LOG_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")  # each also gzipped, with .gz after it
 LongPrompts = Literal["skip", "truncate"]
 SURROGATE = re.compile("[\ud800-\udfff]")
 CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 and DEL, except tab and line breaks
+BATCH_RECORDS = 10_000  # records read, checked and stored at a time: what memory holds of a file
 
 
 @dataclass
@@ -124,40 +127,70 @@ def _accept(line: int, trace: Trace, max_chars: int, long_prompts: LongPrompts) 
     return ParsedRow(line, trace, truncated=True)
 
 
-def _read_records(parsed: ParsedFile, items: list[Item], log_format: str, max_chars: int, long_prompts: LongPrompts) -> None:
-    """Each record through the format's reader (`auto`: the one its first records have)."""
-    reader = detect([item.value for item in items if not item.error]) if log_format == "auto" else FORMATS[log_format]
-    parsed.log_format = reader.name
-    for item in items:
-        try:
-            if item.error:
-                raise ValueError(item.error)
-            trace = read_trace(item.value, reader)
-            if trace is None:
-                parsed.skipped += 1
-            else:
-                parsed.rows.append(_accept(item.number, trace, max_chars, long_prompts))
-        except ValueError as err:
-            parsed.bad.append(BadRow(item.number, str(err), excerpt(item.raw)))
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    items = iter(items)
+    while batch := list(itertools.islice(items, size)):
+        yield batch
 
 
-def _read_csv(parsed: ParsedFile, text: str, encoding: str, text_column: str, max_chars: int, long_prompts: LongPrompts) -> None:
-    parsed.log_format = "csv"
-    # The length limit decides about long prompts, not csv's field limit: no field is longer than the file.
-    csv.field_size_limit(max(csv.field_size_limit(), len(text)))
+def _read_records(
+    path: Path, items: Iterable[Item], log_format: str, max_chars: int, long_prompts: LongPrompts, batch_size: int
+) -> Iterator[ParsedFile]:
+    """Each record through the format's reader (`auto`: the one its first records have), a batch at a time."""
+    numbering = Numbering()
+    batches = (numbering(files.records(batch)) for batch in _batches(items, batch_size))
+    ahead = []  # the batches read to find the first records that `auto` looks at
+    if log_format == "auto":
+        values = []
+        while len(values) < DETECT_RECORDS and (batch := next(batches, None)) is not None:
+            ahead.append(batch)
+            values += [item.value for item in batch if not item.error]
+        reader = detect(values)
+    else:
+        reader = FORMATS[log_format]
+    for batch in itertools.chain(ahead, batches):
+        parsed = ParsedFile(path, log_format=reader.name)
+        for item in batch:
+            try:
+                if item.error:
+                    raise ValueError(item.error)
+                trace = read_trace(item.value, reader)
+                if trace is None:
+                    parsed.skipped += 1
+                else:
+                    parsed.rows.append(_accept(item.number, trace, max_chars, long_prompts))
+            except ValueError as err:
+                parsed.bad.append(BadRow(item.number, str(err), excerpt(item.raw)))
+        yield parsed
+
+
+def _read_csv(
+    path: Path, text: TextIO, encoding: str, text_column: str, max_chars: int, long_prompts: LongPrompts, batch_size: int
+) -> Iterator[ParsedFile]:
+    # The length limit decides about long prompts, not csv's field limit.
+    csv.field_size_limit(max(csv.field_size_limit(), files.CSV_FIELD_LIMIT))
     # strict: an unterminated quote (a file cut short) is an error, not a field that runs to the end.
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader(text, strict=True)
     try:
         columns = next(reader)
+        while not columns:  # blank lines before the header
+            columns = next(reader)
+    except StopIteration:
+        return
     except csv.Error as err:
         raise FileProblem(f"CSV header is malformed: {err}") from err
     if text_column not in columns:
         raise FileProblem(f"CSV has no column {text_column!r} (columns: {columns})")
     column = columns.index(text_column)
+    parsed = ParsedFile(path, log_format="csv")
     while True:
+        if parsed.rows_read >= batch_size:
+            yield parsed
+            parsed = ParsedFile(path, log_format="csv")
         try:
             record = next(reader)
         except StopIteration:
+            yield parsed
             return
         except csv.Error as err:
             parsed.bad.append(BadRow(reader.line_num, f"malformed CSV: {err}", ""))
@@ -173,41 +206,67 @@ def _read_csv(parsed: ParsedFile, text: str, encoding: str, text_column: str, ma
             parsed.bad.append(BadRow(reader.line_num, str(err), excerpt(raw)))
 
 
-def parse_log_file(
-    path: Path, text_column: str = "text", max_chars: int = 4000, long_prompts: LongPrompts = "skip", log_format: LogFormatName = "auto"
-) -> ParsedFile:
-    """Read one log file; rows that cannot be used are returned in `bad` with line and reason.
+def read_log_file(
+    path: Path,
+    text_column: str = "text",
+    max_chars: int = 4000,
+    long_prompts: LongPrompts = "skip",
+    log_format: LogFormatName = "auto",
+    batch_size: int = BATCH_RECORDS,
+) -> Iterator[ParsedFile]:
+    """Read one log file as it streams in, a ParsedFile for each batch of at most `batch_size` records; rows that
+    cannot be used are in each batch's `bad` with line and reason.
 
-    A problem with the whole file (unreadable, gone since it was listed, a CSV without the text
-    column, not Parquet or gzip after all) is one bad row at line 0, so that one broken file does not stop the
-    others. An empty file is a file with no rows. A prompt over `max_chars` is quarantined ("skip") or cut ("truncate").
+    A problem with the whole file (unreadable, gone since it was listed, a CSV without the text column, not Parquet
+    or gzip after all) is one bad row at line 0, so that one broken file does not stop the others; found partway
+    (gzip data corrupt after good members, say), it follows the batches read before it. An empty file is a file
+    with no rows. A prompt over `max_chars` is quarantined ("skip") or cut ("truncate").
     """
     if long_prompts not in get_args(LongPrompts):
         raise ValueError(f"long_prompts must be one of {get_args(LongPrompts)}, not {long_prompts!r}")
     if log_format not in get_args(LogFormatName):
         raise ValueError(f"log_format must be one of {get_args(LogFormatName)}, not {log_format!r}")
-    parsed = ParsedFile(path)
-    text = ""
+    suffix, found = log_suffix(path.name), ""
     try:
-        suffix = log_suffix(path.name)
         if suffix is None:
             raise FileProblem(f"unsupported log format {path.suffix.lower()!r} (expected {', '.join(LOG_SUFFIXES)}, or one of them .gz)")
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            raise FileProblem(f"file could not be read: {err.strerror or err}") from err
-        data = files.gunzip(data) if path.name.lower().endswith(".gz") else data
-        if suffix == ".parquet":
-            _read_records(parsed, files.records(files.parquet_rows(data)), log_format, max_chars, long_prompts)
-            return parsed
-        text, encoding = files.decode(data)
-        if not text.strip():
-            return parsed
-        if suffix == ".csv":
-            _read_csv(parsed, text, encoding, text_column, max_chars, long_prompts)
-        else:
-            items = files.json_lines(text, encoding) if suffix == ".jsonl" else files.json_document(text, encoding)
-            _read_records(parsed, files.records(items), log_format, max_chars, long_prompts)
+        for parsed in _read_batches(path, suffix, text_column, max_chars, long_prompts, log_format, batch_size):
+            found = parsed.log_format
+            yield parsed
     except FileProblem as err:
-        parsed.bad.append(BadRow(0, str(err), excerpt(text)))
-    return parsed
+        yield ParsedFile(path, bad=[BadRow(0, str(err), "")], log_format=found or ("csv" if suffix == ".csv" else ""))
+    except OSError as err:
+        yield ParsedFile(path, bad=[BadRow(0, f"file could not be read: {err.strerror or err}", "")], log_format=found)
+
+
+def _read_batches(path, suffix, text_column, max_chars, long_prompts, log_format, batch_size) -> Iterator[ParsedFile]:
+    if suffix == ".parquet":
+        with path.open("rb") as raw:
+            # Parquet is read from its end: a gzipped one is un-gzipped whole first.
+            source = io.BytesIO(b"".join(files.gunzip(raw))) if path.name.lower().endswith(".gz") else raw
+            yield from _read_records(path, files.parquet_rows(source, batch_size), log_format, max_chars, long_prompts, batch_size)
+        return
+    with files.open_text(path) as (text, encoding):
+        if suffix == ".csv":
+            yield from _read_csv(path, text, encoding, text_column, max_chars, long_prompts, batch_size)
+        else:
+            items = files.json_lines(text, encoding) if suffix == ".jsonl" else files.json_document(text.read(), encoding)
+            yield from _read_records(path, items, log_format, max_chars, long_prompts, batch_size)
+
+
+def parse_log_file(
+    path: Path,
+    text_column: str = "text",
+    max_chars: int = 4000,
+    long_prompts: LongPrompts = "skip",
+    log_format: LogFormatName = "auto",
+    batch_size: int = BATCH_RECORDS,
+) -> ParsedFile:
+    """Read one log file whole: the batches of `read_log_file` gathered."""
+    whole = ParsedFile(path)
+    for parsed in read_log_file(path, text_column, max_chars, long_prompts, log_format, batch_size):
+        whole.rows += parsed.rows
+        whole.bad += parsed.bad
+        whole.skipped += parsed.skipped
+        whole.log_format = parsed.log_format or whole.log_format
+    return whole

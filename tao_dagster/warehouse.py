@@ -14,11 +14,12 @@ short-lived because a DuckDB file admits one process at a time: a process that f
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from tao_dagster.ingest import heldout_part
 
@@ -62,12 +63,36 @@ alter table prompt_sources add column if not exists requested_at timestamp;
 alter table prompt_sources add column if not exists model varchar;
 alter table prompt_sources add column if not exists reply varchar;
 """
-SOURCE_DETAILS = {"request_id": pl.String, "requested_at": pl.Datetime("us"), "model": pl.String, "reply": pl.String}
+SOURCE_DETAILS = ("request_id", "requested_at", "model", "reply")
+# A file's rows as ingestion streams them to store_partition: an accepted row, or a quarantined one (reason, raw).
+STAGED = pa.schema(
+    [
+        ("line", pa.int64()),
+        ("source_file", pa.string()),
+        ("prompt_id", pa.string()),
+        ("messages", pa.string()),
+        ("tools", pa.string()),
+        ("text", pa.string()),
+        ("heldout", pa.bool_()),
+        ("request_id", pa.string()),
+        ("requested_at", pa.timestamp("us")),
+        ("model", pa.string()),
+        ("reply", pa.string()),
+        ("reason", pa.string()),
+        ("raw", pa.string()),
+    ]
+)
+STAGED_TYPES = {pa.int64(): "bigint", pa.string(): "varchar", pa.bool_(): "boolean", pa.timestamp("us"): "timestamp"}
 
 
 # The training prompts of a list of partitions (the query's parameter): first seen there, and not held out.
 TRAINING = "not heldout and first_partition in (select unnest(?))"
 LOCK_WAIT_SECONDS = 300.0
+# DuckDB's memory while it stores a file's rows (80% of RAM by default): it spills the rest to <warehouse>.tmp, so
+# its working memory does not grow with the file. The primary keys' indexes cannot spill: placing the rows is
+# granted INDEX_BYTES a key of prompts and prompt_sources besides (about 35 measured), or DuckDB runs out of memory.
+INGEST_MEMORY_MB = 512
+INDEX_BYTES = 64
 
 
 class Warehouse:
@@ -122,40 +147,91 @@ class Warehouse:
 
     # Prompts
 
-    def store_partition(self, key: str, sources: list[dict], quarantine: list[dict]) -> dict[str, int]:
+    def store_partition(self, key: str, batches: Iterable[pa.RecordBatch]) -> dict[str, int]:
         """Replace what partition `key` holds by one file's rows, in one transaction; the counts of accepted,
-        duplicate and quarantined rows, and of the held-out prompts among the partition's new ones.
+        duplicate and quarantined rows, and of the held-out prompts among the accepted.
 
-        `sources` are the file's accepted rows (line, source_file, prompt_id, messages, tools, text, heldout and
-        SOURCE_DETAILS). A row is a
+        `batches` (of STAGED) are the file's rows as they are read: an accepted row has no `reason`, a quarantined
+        one its reason and raw text. They stream into a table of the transaction, then SQL places them: a row is a
         duplicate when its prompt came first in another partition or earlier in this file. The check and the
         writes share the transaction, which holds the file's lock, so a run ingesting another file at the same
         time cannot also take a shared prompt as new. The counts are read back from the tables written.
         """
         with self.transaction() as con:
-            seen = {pid for (pid,) in con.execute("select prompt_id from prompts where first_partition <> ?", [key]).fetchall()}
-            prompts, rows = {}, []
-            for row in sources:
-                pid = row["prompt_id"]
-                duplicate = pid in seen or pid in prompts
-                if not duplicate:
-                    prompts[pid] = {k: row[k] for k in ("prompt_id", "messages", "tools", "text", "heldout")} | {"first_partition": key}
-                place = {"partition": key, "source_file": row["source_file"], "line": row["line"], "prompt_id": pid, "duplicate": duplicate}
-                rows.append(place | {k: row[k] for k in SOURCE_DETAILS})
+            con.execute(f"set memory_limit = '{INGEST_MEMORY_MB}MB'; set preserve_insertion_order = false")
             con.execute("delete from prompt_sources where partition = ?", [key])
             con.execute("delete from quarantine where partition = ?", [key])
-            prompt_schema = {"heldout": pl.Boolean, "tools": pl.String}
-            self.insert(con, "prompts", pl.DataFrame(list(prompts.values()), schema_overrides=prompt_schema), "ignore")
-            self.insert(con, "prompt_sources", pl.DataFrame(rows, schema_overrides=SOURCE_DETAILS))
-            quarantine_schema = {"partition": pl.String, "source_file": pl.String, "line": pl.Int64, "reason": pl.String, "raw": pl.String}
-            self.insert(con, "quarantine", pl.DataFrame([{"partition": key, **q} for q in quarantine], schema=quarantine_schema))
+            con.execute(f"create table staged ({', '.join(f'{f.name} {STAGED_TYPES[f.type]}' for f in STAGED)})")
+            self.insert_stream(con, "staged", batches)
+            (keys,) = con.execute(
+                "select (select count(*) from prompts) + (select count(*) from prompt_sources) + 2 * (select count(*) from staged)"
+            ).fetchone()
+            con.execute(f"set memory_limit = '{INGEST_MEMORY_MB + keys * INDEX_BYTES // 2**20}MB'")
+            self.place_staged(con, key)
+            con.execute("drop table staged")
             accepted, duplicates = con.execute(
                 "select count(*) filter (where not duplicate), count(*) filter (where duplicate) from prompt_sources where partition = ?",
                 [key],
             ).fetchone()
             (quarantined,) = con.execute("select count(*) from quarantine where partition = ?", [key]).fetchone()
-        heldout = sum(p["heldout"] for p in prompts.values())
+            (heldout,) = con.execute(
+                """select count(*) from prompt_sources s join prompts p using (prompt_id)
+                   where s.partition = ? and not s.duplicate and p.heldout""",
+                [key],
+            ).fetchone()
         return {"accepted": accepted, "duplicates": duplicates, "quarantined": quarantined, "heldout": heldout}
+
+    @staticmethod
+    def insert_stream(con: duckdb.DuckDBPyConnection, table: str, batches: Iterable[pa.RecordBatch]) -> None:
+        """Insert batches (of STAGED) as they come, in one statement; an error making them is raised as itself,
+        not as the DuckDB error that wraps it."""
+        failed = []
+
+        def reported():
+            try:
+                yield from batches
+            except BaseException as err:
+                failed.append(err)
+                raise
+
+        con.register("incoming", pa.RecordBatchReader.from_batches(STAGED, reported()))
+        try:
+            con.execute(f"insert into {table} select * from incoming")
+        except duckdb.Error:
+            if failed:
+                raise failed[0] from None
+            raise
+        finally:
+            con.unregister("incoming")
+
+    @staticmethod
+    def place_staged(con: duckdb.DuckDBPyConnection, key: str) -> None:
+        """Move the staged rows of partition `key` into prompts, prompt_sources and quarantine. A prompt's first row
+        in the file is accepted unless the prompt came first in another partition; every other row is a duplicate."""
+        con.execute(
+            """create temp table accepted as
+               select prompt_id, min(line) as line from staged s where reason is null
+               and not exists (select 1 from prompts p where p.prompt_id = s.prompt_id and p.first_partition <> $key)
+               group by prompt_id""",
+            {"key": key},
+        )
+        con.execute(
+            """insert or ignore into prompts by name
+               select prompt_id, messages, tools, text, heldout, $key as first_partition
+               from staged semi join accepted using (prompt_id, line)""",
+            {"key": key},
+        )
+        con.execute(
+            f"""insert into prompt_sources by name
+                select $key as partition, source_file, line, prompt_id, a.line is null as duplicate, {", ".join(SOURCE_DETAILS)}
+                from staged s left join accepted a using (prompt_id, line) where reason is null""",
+            {"key": key},
+        )
+        con.execute(
+            "insert into quarantine by name select $key as partition, source_file, line, reason, raw from staged where reason is not null",
+            {"key": key},
+        )
+        con.execute("drop table accepted")
 
     def training_prompts(self, partitions: list[str]) -> pl.DataFrame:
         """Prompts first seen in these partitions that are not held out: prompt_id, messages, tools, first_partition."""

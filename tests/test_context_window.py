@@ -4,9 +4,11 @@ is skipped with its reason and the rest of its chunk is generated, through trans
 
 import dataclasses
 import json
+import random
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pytest
 import yaml
 from transformers import AutoTokenizer
@@ -21,7 +23,7 @@ from tao_dagster.pipeline.heldout import heldout_answers, on_common_prompts
 from tao_dagster.policies import PolicySettings, base_policy
 from tao_dagster.traces import Trace
 from tao_dagster.traces.files import RAW_EXCERPT_CHARS
-from tao_dagster.warehouse import Warehouse
+from tao_dagster.warehouse import STAGED, Warehouse
 
 from .conftest import BANKING
 
@@ -101,6 +103,27 @@ def test_ingestion_keeps_a_prompt_at_the_window_and_quarantines_or_cuts_one_toke
     assert WINDOW - 2 <= total(tokenizer, spec, strategy, cut.rows[1].messages) <= WINDOW
 
 
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_a_prompt_counted_as_surely_fitting_fits_and_is_not_tokenized(tokenizer, domain, monkeypatch):
+    """A token for each byte bounds the count of a byte-level BPE: prompts within that bound skip the tokenizer, and
+    every one of them fits when counted exactly (multi-byte characters and special-token strings among them)."""
+    spec, rng = DOMAINS[domain], random.Random(0)
+    check = WindowCheck(spec, tokenizer, WINDOW)
+    assert check.bytes_bound
+    alphabet = ["a", "b", " ", "é", "€", "🎉", "\n", "<|im_start|>", "twice ", "9"]
+    conversations = [
+        [{"role": "system", "content": "Be brief."}] * (n % 2)
+        + [{"role": "user", "content": "".join(rng.choices(alphabet, k=rng.randint(1, 200)))}]
+        for n in range(300)
+    ]
+    sure = [c for c in conversations if check.surely_fits(c)]
+    assert 50 < len(sure) < len(conversations)
+    assert all(check.worst(counts).excess <= 0 for counts in check.prompt_tokens(sure))
+    tokenized = []
+    monkeypatch.setattr(check.counter, "content_tokens", lambda texts: tokenized.extend(texts) or [0] * len(texts))
+    assert check.overruns(sure) == [None] * len(sure) and tokenized == []
+
+
 def test_a_prompt_the_templates_leave_no_room_for_is_quarantined_even_when_cutting(tokenizer):
     spec = DOMAINS["banking"]
     parsed = ParsedFile(Path("log.csv"), [ParsedRow(2, Trace([{"role": "user", "content": "Where is my card?"}]))])
@@ -161,7 +184,7 @@ def test_a_skipped_request_is_recorded_with_its_reason_and_its_chunk_goes_on(tmp
         }
         for line, m in enumerate(conversations, start=1)
     ]
-    db.store_partition("a.jsonl", rows, [])
+    db.store_partition("a.jsonl", [pa.RecordBatch.from_pylist(rows, schema=STAGED)])
     policy = PolicySettings(base_model=str(tiny_model_dir), cache_dir=str(tmp_path), engine="transformers", max_model_len=WINDOW)
     assert policy.generation_chunk > 2 * 4, "one chunk holds both prompts' requests"
     summary = generate_candidates(db, DomainSettings(domain_file=str(spec.path)), policy, base_policy(policy), ["a.jsonl"])

@@ -164,14 +164,16 @@ def test_a_parser_that_drops_a_row_fails_the_check_and_blocks_downstream(tmp_pat
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / name).write_text(content)
-    parse = prompts.parse_log_file
+    read = prompts.read_log_file
 
-    def parse_dropping_the_second_row(*args, **kwargs):
-        parsed = parse(*args, **kwargs)
-        del parsed.rows[1]
-        return parsed
+    def read_dropping_the_second_row(*args, **kwargs):
+        """Batches of one record, so that the row is dropped from a batch of its own."""
+        for n, parsed in enumerate(read(*args, **{**kwargs, "batch_size": 1})):
+            if n == 1:
+                del parsed.rows[0]
+            yield parsed
 
-    monkeypatch.setattr(prompts, "parse_log_file", parse_dropping_the_second_row)
+    monkeypatch.setattr(prompts, "read_log_file", read_dropping_the_second_row)
     result = assert_unreconciled_and_nothing_downstream_ran(tmp_path, name)
     meta = materialization_metadata(result)
     assert (meta["records"], meta["rows_read"], meta["accepted"] + meta["duplicates"] + meta["quarantined"]) == (3, 2, 2)
@@ -203,11 +205,11 @@ def test_a_row_lost_on_its_way_to_the_warehouse_fails_the_check_and_blocks_downs
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "a.jsonl").write_text(json.dumps({"prompt": "Where is my card?"}) + "\n{broken\n")
-    insert = Warehouse.insert
+    place = Warehouse.place_staged
 
-    def insert_without_quarantine(con, table, frame, on_conflict="replace"):
-        if table != "quarantine":
-            insert(con, table, frame, on_conflict)
+    def place_without_quarantine(con, key):
+        place(con, key)
+        con.execute("delete from quarantine where partition = ?", [key])
 
-    monkeypatch.setattr(Warehouse, "insert", staticmethod(insert_without_quarantine))
+    monkeypatch.setattr(Warehouse, "place_staged", staticmethod(place_without_quarantine))
     assert_unreconciled_and_nothing_downstream_ran(tmp_path, "a.jsonl")
