@@ -6,7 +6,8 @@ record of another shape). Each size is ingested in a fresh process into a fresh 
 `ingest_partition` with the banking domain's window check on the embedded model's tokenizer, so the peak RSS
 (ru_maxrss of that process) is the size's own. Per size: lines, file MB, seconds, lines/s, accepted and
 quarantined rows, whether the counts reconcile, peak RSS, the RSS before ingesting (imports and tokenizer loaded)
-and the machine's load at the end. Planning is not measured here; a step of its own goes into STEPS.
+and the machine's load at the end; then candidate planning on the warehouse just filled (bench/planning.py's
+measure_planning: the counts and the first generation chunk of requests).
 Prints a table; JSON in bench/results/scale.json.
 
     .venv/bin/python bench/scale.py                      # 100k, 1M and 10M lines, in a temporary folder
@@ -100,7 +101,14 @@ def ingest_step(run: dict) -> dict:
     }
 
 
-STEPS = [ingest_step]  # run in order in the size's own process, each adding its columns
+def plan_step(run: dict) -> dict:
+    from planning import POLICY_VERSION, measure_planning
+
+    planned = measure_planning(run["settings"].warehouse_path, BANKING / "domain.yaml", POLICY_VERSION)
+    return {"plan_seconds": planned["plan_seconds"], "candidates_planned": planned["to_generate"]}
+
+
+STEPS = [ingest_step, plan_step]  # run in order in the size's own process, each adding its columns
 
 
 def measure(home: Path, log: Path, lines: int) -> dict:

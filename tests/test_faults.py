@@ -23,7 +23,7 @@ from tao_dagster.defs.resources import ArtifactStoreResource, MlflowResource, de
 from tao_dagster.paths import PROJECT_ROOT
 
 from .conftest import run_round, write_demo_log
-from .support.servers import BIN, S3_CREDENTIALS, mlflow_server, stop, threaded_s3_server
+from .support.servers import BIN, S3_CREDENTIALS, mlflow_server, restartable_s3_server, stop
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow]
 PARTITION = "day1.csv"
@@ -187,7 +187,7 @@ def test_s3_stopped_mid_round_keeps_every_object_once(tmp_path, tiny_model_dir, 
     home, store = tmp_path / "home", tmp_path / "mlflow"
     store.mkdir()
     monkeypatch.setenv("TAO_HOME", str(home))
-    with threaded_s3_server() as s3, mlflow_server(s3.url, "s3://mlflow/artifacts", store) as server:
+    with restartable_s3_server() as s3, mlflow_server(s3.url, "s3://mlflow/artifacts", store) as server:
         bucket = S3Resource(endpoint_url=s3.url, region_name="us-east-1")
         client = bucket.get_client()
         for name in ("mlflow", "tao-artifacts"):

@@ -16,9 +16,6 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from moto.backends import get_backend
-from moto.server import ThreadedMotoServer
-
 from .devserver import free_port
 
 BIN = Path(sys.executable).parent
@@ -152,32 +149,42 @@ def mlflow_server(s3_url: str, artifacts: str, folder: Path) -> Iterator[MlflowS
             stop(server.process)
 
 
-class ThreadedS3:
-    """moto's S3 in this process (moto.server.ThreadedMotoServer), for the tests that restart it: its buckets live
-    in moto's backends in this process, so `stop()` and `start()` on the same port keep them, where a restarted
-    moto_server subprocess would start empty."""
+class RestartableS3:
+    """moto's S3 for the tests that restart it, in a process of its own (restartable_s3.py) that keeps its buckets
+    while `stop()` and `start()` take its HTTP server down and up on the same port, where a restarted moto_server
+    would start empty."""
 
     def __init__(self):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        script = Path(__file__).with_name("restartable_s3.py")
+        self.process = subprocess.Popen(
+            [sys.executable, str(script), str(self.port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True
+        )
+        self._answer()
+
+    def _answer(self) -> None:
+        if self.process.stdout.readline().strip() != "ok":
+            raise RuntimeError(f"the S3 server on port {self.port} did not answer (exit code {self.process.poll()})")
+
+    def _send(self, command: str) -> None:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        self._answer()
 
     def start(self) -> None:
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.server.start()
+        self._send("start")
 
     def stop(self) -> None:
-        """Stop serving and close the socket, so that clients are refused as by a stopped server, not left waiting."""
-        self.server.stop()
-        self.server._server.server_close()
+        self._send("stop")
 
 
 @contextlib.contextmanager
-def threaded_s3_server() -> Iterator[ThreadedS3]:
-    """A ThreadedS3, started; its buckets are dropped when the block ends, since moto's backends outlive it."""
-    server = ThreadedS3()
-    server.start()
+def restartable_s3_server() -> Iterator[RestartableS3]:
+    """A RestartableS3, serving; its process, with its buckets, ends with the block."""
+    server = RestartableS3()
     try:
+        wait_http(server.url, server.process, 30)
         yield server
     finally:
-        server.stop()
-        get_backend("s3").reset()
+        stop(server.process)
