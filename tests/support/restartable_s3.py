@@ -4,6 +4,7 @@ stdin, stops or starts serving on the same port, and answers `ok` when done. Run
 It is a process of its own because importing moto's server imports Flask, whose proxies break vLLM's start-up scan
 of every loaded module ("Working outside of application context") in any process that later opens an engine."""
 
+import itertools
 import sys
 
 from moto.server import ThreadedMotoServer
@@ -11,7 +12,7 @@ from moto.server import ThreadedMotoServer
 
 def main() -> None:
     port, server = int(sys.argv[1]), None
-    for command in ["start", *sys.stdin]:
+    for command in itertools.chain(["start"], sys.stdin):  # each line as it comes
         if command.strip() == "start":
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
             server.start()
